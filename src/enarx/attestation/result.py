@@ -24,6 +24,9 @@ class TcbStatus(StrEnum):
     OUT_OF_DATE = "OutOfDate"
     OUT_OF_DATE_CONFIGURATION_NEEDED = "OutOfDateConfigurationNeeded"
     REVOKED = "Revoked"
+    # TDX only: the TD should be relaunched to pick up a newer TDX module.
+    TD_RELAUNCH_ADVISED = "TDRelaunchAdvised"
+    TD_RELAUNCH_ADVISED_CONFIGURATION_NEEDED = "TDRelaunchAdvisedConfigurationNeeded"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class CertInfo:
     not_before: dt.datetime
     not_after: dt.datetime
     sha256: str  # hex fingerprint of the DER
+    verify_at: dt.datetime | None = None  # the time at which validity was checked
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""cli."""
+"""Thin command-line layer: parse arguments, call one function below, render the result."""

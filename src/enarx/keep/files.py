@@ -1,0 +1,63 @@
+"""Turn Enarx.toml ``[[files]]`` into the guest's fd table (files[i] = WASI fd i).
+
+This is an I/O edge: it opens host directories (and, with the network layer, sockets)
+before the workload starts, so a missing directory is a clear error naming the entry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from enarx.config import (
+    ConnectFile,
+    DirFile,
+    ListenFile,
+    NullFile,
+    StderrFile,
+    StdinFile,
+    StdoutFile,
+    file_name,
+)
+from enarx.errors import ResourceError
+from enarx.wasi.fdtable import DirHandle, FdTable, NullHandle, StdioHandle
+
+
+def open_files(
+    files: Sequence[Any], *, stdio: tuple[int, int, int] = (0, 1, 2), base_dir: str = "."
+) -> FdTable:
+    """Build the fd table; relative ``dir`` host paths resolve against ``base_dir``."""
+    table = FdTable()
+    for index, f in enumerate(files):
+        where = f"files[{index}] ({file_name(f)})"
+        if isinstance(f, StdinFile):
+            table.add(StdioHandle(stdio[0]))
+        elif isinstance(f, StdoutFile):
+            table.add(StdioHandle(stdio[1]))
+        elif isinstance(f, StderrFile):
+            table.add(StdioHandle(stdio[2]))
+        elif isinstance(f, NullFile):
+            table.add(NullHandle())
+        elif isinstance(f, DirFile):
+            host = os.path.join(base_dir, os.path.expanduser(f.host))
+            try:
+                table.add(DirHandle.preopen(host, f.guest_path, readonly=f.readonly))
+            except ResourceError as e:
+                raise ResourceError(f"{where}: {e.message}", hint=e.hint) from None
+        elif isinstance(f, ListenFile | ConnectFile):
+            table.add(_open_socket(f, where))
+        else:  # pragma: no cover - the config model admits no other kind
+            raise ResourceError(f"{where}: unsupported kind {f.kind!r}")
+    return table
+
+
+def _open_socket(f: ListenFile | ConnectFile, where: str) -> Any:
+    try:
+        from enarx.keep import sockets
+    except ImportError:
+        raise ResourceError(
+            f"{where}: {f.kind} sockets are not supported by this build",
+            hint="remove the entry or upgrade enarx",
+        ) from None
+    return sockets.open_entry(f, where)

@@ -1,0 +1,104 @@
+"""One wasmtime Engine per setting set, and module compilation through the cache."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+
+import wasmtime
+
+from enarx.errors import InvalidModule
+from enarx.runtime.cache import ModuleCache
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    fuel: bool = False
+
+    def describe(self) -> str:
+        # Anything that changes generated code must be part of the cache key.
+        return f"epoch=1;fuel={int(self.fuel)};opt=speed"
+
+
+@cache
+def wasmtime_version() -> str:
+    try:
+        return version("wasmtime")
+    except Exception:
+        return "unknown"
+
+
+@cache
+def get_engine(settings: EngineSettings) -> wasmtime.Engine:
+    cfg = wasmtime.Config()
+    cfg.epoch_interruption = True
+    cfg.consume_fuel = settings.fuel
+    cfg.cranelift_opt_level = "speed"
+    return wasmtime.Engine(cfg)
+
+
+def cache_key(wasm: bytes, settings: EngineSettings) -> str:
+    h = hashlib.sha256(wasm).hexdigest()
+    meta = hashlib.sha256(f"{wasmtime_version()}|{settings.describe()}".encode()).hexdigest()
+    return f"{h[:40]}-{meta[:16]}"
+
+
+#: Modules bigger than this get a progress indicator while they compile.
+LARGE_MODULE = 2 << 20
+
+
+def compile_module(
+    wasm: bytes,
+    settings: EngineSettings,
+    *,
+    cache: ModuleCache | None = None,
+    on_compile: Callable[[int], Callable[[], None]] | None = None,
+) -> wasmtime.Module:
+    """Compile ``wasm`` (binary or text), reusing the cached artifact when it is intact.
+
+    ``on_compile(size)`` is called before a real compile and returns a function called after
+    it: the CLI uses it to show a spinner for large modules.
+    """
+    engine = get_engine(settings)
+    key = cache_key(wasm, settings) if cache else ""
+    if cache:
+        artifact = cache.load(key)
+        if artifact is not None:
+            try:
+                return wasmtime.Module.deserialize(engine, artifact)
+            except wasmtime.WasmtimeError:
+                cache.discard(key)  # wrong version or damaged beyond the digest: recompile
+    done = on_compile(len(wasm)) if on_compile else None
+    try:
+        module = _compile(engine, wasm)
+    finally:
+        if done:
+            done()
+    if cache:
+        cache.store(key, module.serialize())
+    return module
+
+
+def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
+    if not wasm.startswith(b"\0asm"):
+        try:
+            text = wasm.decode()
+        except UnicodeDecodeError:
+            raise InvalidModule("not a WebAssembly module (bad magic number)") from None
+        try:
+            wasm = wasmtime.wat2wasm(text)
+        except wasmtime.WasmtimeError as e:
+            raise InvalidModule(f"invalid WebAssembly text: {_first_line(e)}") from None
+    # ctypes releases the GIL while wasmtime compiles, so a spinner thread keeps turning.
+    try:
+        return wasmtime.Module(engine, wasm)
+    except wasmtime.WasmtimeError as e:
+        raise InvalidModule(f"invalid WebAssembly module: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return "; ".join(lines[:2]) if lines else type(e).__name__

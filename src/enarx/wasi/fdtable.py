@@ -1,0 +1,503 @@
+"""The guest's fd table and the handles behind each fd.
+
+Enarx's fd model: ``Enarx.toml`` ``files[i]`` becomes WASI fd ``i`` (stdio, null, pre-opened
+dirs now; TCP listeners/streams and TLS later). Every handle subclasses :class:`Handle`,
+whose defaults answer the errno wasmtime gives for an operation the kind of fd cannot do,
+so a new kind (a socket) overrides only what it supports and callers never change.
+
+Handles raise :class:`~enarx.wasi.abi.WasiError`; buffers are memoryviews into guest
+memory so reads and writes go straight between the host fd and the guest (no copies).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat as st
+import time
+from collections.abc import Sequence
+
+from enarx.errors import ResourceError
+from enarx.wasi import abi
+from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
+
+# (dev, ino, filetype, nlink, size, atim, mtim, ctim)
+Filestat = tuple[int, int, int, int, int, int, int, int]
+
+
+def filetype_of(mode: int) -> int:
+    if st.S_ISREG(mode):
+        return Filetype.REGULAR_FILE
+    if st.S_ISDIR(mode):
+        return Filetype.DIRECTORY
+    if st.S_ISLNK(mode):
+        return Filetype.SYMBOLIC_LINK
+    if st.S_ISCHR(mode):
+        return Filetype.CHARACTER_DEVICE
+    if st.S_ISBLK(mode):
+        return Filetype.BLOCK_DEVICE
+    if st.S_ISSOCK(mode):
+        return Filetype.SOCKET_STREAM
+    return Filetype.UNKNOWN
+
+
+def filestat_of(s: os.stat_result) -> Filestat:
+    return (
+        s.st_dev,
+        s.st_ino,
+        filetype_of(s.st_mode),
+        s.st_nlink,
+        s.st_size,
+        s.st_atime_ns,
+        s.st_mtime_ns,
+        s.st_ctime_ns,
+    )
+
+
+def _wait(fd: int, write: bool) -> None:
+    """Block until a non-blocking host fd is ready (the guest asked for blocking I/O)."""
+    if write:
+        select.select([], [fd], [])
+    else:
+        select.select([fd], [], [])
+
+
+class Handle:
+    """One open guest fd. Defaults refuse everything with wasmtime's errno."""
+
+    filetype: int = Filetype.UNKNOWN
+    rights_base: int = 0
+    rights_inheriting: int = 0
+    fdflags: int = 0
+
+    # --- data ------------------------------------------------------------------------
+    def read(self, bufs: Sequence[memoryview]) -> int:
+        raise WasiError(Errno.BADF)
+
+    def write(self, bufs: Sequence[memoryview]) -> int:
+        raise WasiError(Errno.BADF)
+
+    def pread(self, bufs: Sequence[memoryview], offset: int) -> int:
+        raise WasiError(Errno.SPIPE)
+
+    def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
+        raise WasiError(Errno.SPIPE)
+
+    def seek(self, offset: int, whence: int) -> int:
+        raise WasiError(Errno.SPIPE)
+
+    # --- metadata --------------------------------------------------------------------
+    def filestat(self) -> Filestat:
+        return (0, 0, self.filetype, 1, 0, 0, 0, 0)
+
+    def set_size(self, size: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def set_times(self, atim: int | None, mtim: int | None, now_a: bool, now_m: bool) -> None:
+        raise WasiError(Errno.BADF)
+
+    def set_fdflags(self, flags: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def sync(self, data_only: bool) -> None:
+        return None
+
+    def advise(self, offset: int, length: int, advice: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def allocate(self, offset: int, length: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    # --- readiness for poll_oneoff ---------------------------------------------------
+    def poll_fileno(self) -> int | None:
+        """Host fd to wait on for readiness, or None when the handle is always ready."""
+        return None
+
+    def nbytes_readable(self) -> int:
+        """Bytes available now, reported in a fd_read event (0 when unknown)."""
+        return 0
+
+    # --- sockets (overridden by socket handles) --------------------------------------
+    def sock_accept(self, flags: int) -> Handle:
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_recv(self, bufs: Sequence[memoryview], riflags: int) -> tuple[int, int]:
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_send(self, bufs: Sequence[memoryview], siflags: int) -> int:
+        raise WasiError(Errno.NOTSOCK)
+
+    def sock_shutdown(self, how: int) -> None:
+        raise WasiError(Errno.NOTSOCK)
+
+    def close(self) -> None:
+        return None
+
+
+class StdioHandle(Handle):
+    """A host fd used directly (stdin/stdout/stderr or a pipe the runtime hands in)."""
+
+    rights_base = abi.RIGHTS_STDIO
+    rights_inheriting = 0
+
+    def __init__(self, host_fd: int) -> None:
+        self.host_fd = host_fd
+        try:
+            self.filetype = (
+                Filetype.CHARACTER_DEVICE if os.isatty(host_fd) else Filetype.UNKNOWN
+            )
+        except OSError:
+            self.filetype = Filetype.UNKNOWN
+
+    def read(self, bufs: Sequence[memoryview]) -> int:
+        while True:
+            try:
+                return os.readv(self.host_fd, bufs)
+            except BlockingIOError:
+                if self.fdflags & abi.FDFLAG_NONBLOCK:
+                    raise WasiError(Errno.AGAIN) from None
+                _wait(self.host_fd, write=False)
+            except OSError as e:
+                raise from_oserror(e) from None
+
+    def write(self, bufs: Sequence[memoryview]) -> int:
+        fd = self.host_fd
+        try:
+            n = os.writev(fd, bufs)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            raise from_oserror(e) from None
+        total = sum(len(b) for b in bufs) if len(bufs) != 1 else len(bufs[0])
+        if n == total:
+            return n
+        # Partial write (pipe full, signal): finish it, as a blocking write would.
+        rest = b"".join(bytes(b) for b in bufs)[n:]
+        while rest:
+            try:
+                k = os.write(fd, rest)
+            except BlockingIOError:
+                _wait(fd, write=True)
+                continue
+            except OSError as e:
+                if n:
+                    return n
+                raise from_oserror(e) from None
+            n += k
+            rest = rest[k:]
+        return n
+
+    def filestat(self) -> Filestat:
+        try:
+            s = os.fstat(self.host_fd)
+        except OSError:
+            return super().filestat()
+        # Hide host identity (dev/ino); keep the kind and times.
+        return (0, 0, self.filetype, 1, 0, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns)
+
+    def poll_fileno(self) -> int | None:
+        return self.host_fd
+
+
+class NullHandle(Handle):
+    """/dev/null: reads are EOF, writes vanish."""
+
+    filetype = Filetype.CHARACTER_DEVICE
+    rights_base = abi.RIGHTS_STDIO
+
+    def read(self, bufs: Sequence[memoryview]) -> int:
+        return 0
+
+    def write(self, bufs: Sequence[memoryview]) -> int:
+        if len(bufs) == 1:
+            return len(bufs[0])
+        return sum(len(b) for b in bufs)
+
+
+class _HostFdHandle(Handle):
+    """Owns a host fd opened by the shim (files and directories)."""
+
+    def __init__(self, host_fd: int, readonly: bool) -> None:
+        self.host_fd = host_fd
+        self.readonly = readonly
+
+    def filestat(self) -> Filestat:
+        try:
+            return filestat_of(os.fstat(self.host_fd))
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def set_times(self, atim: int | None, mtim: int | None, now_a: bool, now_m: bool) -> None:
+        if self.readonly:
+            raise WasiError(Errno.ROFS)
+        set_times_fd(self.host_fd, None, atim, mtim, now_a, now_m)
+
+    def sync(self, data_only: bool) -> None:
+        try:
+            (os.fdatasync if data_only else os.fsync)(self.host_fd)
+        except OSError as e:
+            # fsync on a read-only directory fd may be refused; it has nothing to flush.
+            if e.errno not in (errno.EINVAL, errno.EBADF):
+                raise from_oserror(e) from None
+
+    def close(self) -> None:
+        if self.host_fd >= 0:
+            fd, self.host_fd = self.host_fd, -1
+            os.close(fd)
+
+
+def set_times_fd(
+    fd: int,
+    name: str | None,
+    atim: int | None,
+    mtim: int | None,
+    now_a: bool,
+    now_m: bool,
+) -> None:
+    """utimensat with per-field OMIT/NOW, on an fd (name None) or on name in dir fd."""
+    s = os.fstat(fd) if name is None else os.stat(name, dir_fd=fd, follow_symlinks=False)
+    now = time.time_ns()
+    a = now if now_a else (atim if atim is not None else s.st_atime_ns)
+    m = now if now_m else (mtim if mtim is not None else s.st_mtime_ns)
+    try:
+        if name is None:
+            os.utime(fd, ns=(a, m))
+        else:
+            os.utime(name, ns=(a, m), dir_fd=fd, follow_symlinks=False)
+    except OSError as e:
+        raise from_oserror(e) from None
+
+
+class FileHandle(_HostFdHandle):
+    filetype = Filetype.REGULAR_FILE
+
+    def __init__(
+        self, host_fd: int, *, readable: bool, writable: bool, readonly: bool, fdflags: int = 0
+    ) -> None:
+        super().__init__(host_fd, readonly)
+        rights = abi.RIGHTS_FILE
+        if not readable:
+            rights &= ~abi.RIGHT_FD_READ
+        if not writable:
+            rights &= ~abi.RIGHTS_FILE_WRITE
+        self.rights_base = rights
+        self.rights_inheriting = 0
+        self.fdflags = fdflags
+        try:
+            self.filetype = filetype_of(os.fstat(host_fd).st_mode)
+        except OSError:
+            pass
+
+    def read(self, bufs: Sequence[memoryview]) -> int:
+        try:
+            return os.readv(self.host_fd, bufs)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def write(self, bufs: Sequence[memoryview]) -> int:
+        try:
+            return os.writev(self.host_fd, bufs)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def pread(self, bufs: Sequence[memoryview], offset: int) -> int:
+        try:
+            return os.preadv(self.host_fd, bufs, offset)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
+        try:
+            if self.fdflags & abi.FDFLAG_APPEND:
+                # Linux pwrite ignores the offset under O_APPEND; do what the guest asked.
+                data = b"".join(bytes(b) for b in bufs)
+                return _pwrite_noappend(self.host_fd, data, offset)
+            return os.pwritev(self.host_fd, bufs, offset)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def seek(self, offset: int, whence: int) -> int:
+        try:
+            return os.lseek(self.host_fd, offset, whence)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def set_size(self, size: int) -> None:
+        try:
+            os.ftruncate(self.host_fd, size)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def set_fdflags(self, flags: int) -> None:
+        cur = fcntl.fcntl(self.host_fd, fcntl.F_GETFL)
+        want = (cur & ~os.O_APPEND) | (os.O_APPEND if flags & abi.FDFLAG_APPEND else 0)
+        fcntl.fcntl(self.host_fd, fcntl.F_SETFL, want)
+        self.fdflags = flags
+
+    def advise(self, offset: int, length: int, advice: int) -> None:
+        try:
+            os.posix_fadvise(self.host_fd, offset, length, advice)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def allocate(self, offset: int, length: int) -> None:
+        try:
+            size = os.fstat(self.host_fd).st_size
+            if offset + length > size:
+                os.ftruncate(self.host_fd, offset + length)
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def nbytes_readable(self) -> int:
+        try:
+            return max(0, os.fstat(self.host_fd).st_size - os.lseek(self.host_fd, 0, 1))
+        except OSError:
+            return 0
+
+
+def _pwrite_noappend(fd: int, data: bytes, offset: int) -> int:
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_APPEND)
+    try:
+        return os.pwrite(fd, data, offset)
+    finally:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl)
+
+
+class DirHandle(_HostFdHandle):
+    """A directory fd; pre-opens carry the guest path announced by fd_prestat_*."""
+
+    filetype = Filetype.DIRECTORY
+
+    def __init__(self, host_fd: int, *, readonly: bool, guest_path: bytes | None) -> None:
+        super().__init__(host_fd, readonly)
+        self.guest_path = guest_path
+        if readonly:
+            self.rights_base = abi.RIGHTS_DIR_READ
+            self.rights_inheriting = abi.RIGHTS_DIR_READ | abi.RIGHTS_FILE_READ
+        else:
+            self.rights_base = abi.RIGHTS_DIR
+            self.rights_inheriting = abi.RIGHTS_DIR | abi.RIGHTS_FILE
+        # fd_readdir listing cache: rebuilt when the guest starts again at cookie 0.
+        self.listing: list[tuple[bytes, int, int]] | None = None
+
+    @classmethod
+    def preopen(cls, host_path: str, guest_path: str, *, readonly: bool = False) -> DirHandle:
+        try:
+            fd = os.open(host_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ResourceError(
+                f"pre-opened directory {host_path!r} does not exist",
+                hint="create the directory or fix the path in Enarx.toml",
+            ) from None
+        except NotADirectoryError:
+            raise ResourceError(f"{host_path!r} is not a directory") from None
+        except OSError as e:
+            raise ResourceError(f"cannot open directory {host_path!r}: {e.strerror}") from None
+        return cls(fd, readonly=readonly, guest_path=os.fsencode(guest_path))
+
+    def read(self, bufs: Sequence[memoryview]) -> int:
+        raise WasiError(Errno.BADF)
+
+    def write(self, bufs: Sequence[memoryview]) -> int:
+        raise WasiError(Errno.BADF)
+
+    def pread(self, bufs: Sequence[memoryview], offset: int) -> int:
+        raise WasiError(Errno.BADF)
+
+    def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
+        raise WasiError(Errno.BADF)
+
+    def seek(self, offset: int, whence: int) -> int:
+        raise WasiError(Errno.BADF)
+
+    def set_fdflags(self, flags: int) -> None:
+        raise WasiError(Errno.BADF)
+
+    def entries(self) -> list[tuple[bytes, int, int]]:
+        """(name, d_ino, filetype) for '.', '..' and every entry, in a stable order."""
+        try:
+            me = os.fstat(self.host_fd)
+            out = [(b".", me.st_ino, int(Filetype.DIRECTORY))]
+            # A pre-open's parent is outside the sandbox: do not reveal its inode.
+            parent = me.st_ino if self.guest_path is not None else os.stat(
+                "..", dir_fd=self.host_fd
+            ).st_ino
+            out.append((b"..", parent, int(Filetype.DIRECTORY)))
+            with os.scandir(self.host_fd) as it:
+                for ent in it:
+                    out.append((os.fsencode(ent.name), ent.inode(), _dirent_type(ent)))
+        except OSError as e:
+            raise from_oserror(e) from None
+        return out
+
+
+def _dirent_type(ent: os.DirEntry[str]) -> int:
+    try:
+        if ent.is_symlink():
+            return Filetype.SYMBOLIC_LINK
+        if ent.is_dir(follow_symlinks=False):
+            return Filetype.DIRECTORY
+        if ent.is_file(follow_symlinks=False):
+            return Filetype.REGULAR_FILE
+        return filetype_of(ent.stat(follow_symlinks=False).st_mode)
+    except OSError:
+        return Filetype.UNKNOWN
+
+
+class FdTable:
+    """Maps guest fd numbers to handles; new fds take the lowest free number."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, Handle] = {}
+
+    def add(self, handle: Handle) -> int:
+        fd = 0
+        while fd in self._fds:
+            fd += 1
+        self._fds[fd] = handle
+        return fd
+
+    def get(self, fd: int) -> Handle:
+        h = self._fds.get(fd)
+        if h is None:
+            raise WasiError(Errno.BADF)
+        return h
+
+    def __contains__(self, fd: int) -> bool:
+        return fd in self._fds
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def items(self) -> list[tuple[int, Handle]]:
+        return sorted(self._fds.items())
+
+    def close(self, fd: int) -> None:
+        h = self._fds.pop(fd, None)
+        if h is None:
+            raise WasiError(Errno.BADF)
+        try:
+            h.close()
+        except OSError as e:
+            raise from_oserror(e) from None
+
+    def renumber(self, src: int, dst: int) -> None:
+        h = self.get(src)
+        self.get(dst)
+        if src == dst:
+            return
+        old = self._fds.pop(dst)
+        self._fds[dst] = self._fds.pop(src)
+        del h
+        old.close()
+
+    def close_all(self) -> None:
+        for fd in list(self._fds):
+            h = self._fds.pop(fd)
+            try:
+                h.close()
+            except OSError:
+                pass

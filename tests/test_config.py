@@ -1,0 +1,147 @@
+"""Enarx.toml: the upstream schema, our extensions, and errors that point at the fault."""
+
+from __future__ import annotations
+
+import pytest
+
+from enarx import config
+from enarx.errors import ConfigError, UsageError
+
+UPSTREAM_EXAMPLE = """\
+args = ["--argument1", "--argument2=foo"]
+steward = "https://attest.example.com"
+
+[env]
+VAR1 = "var1"
+VAR2 = "var2"
+
+[[files]]
+kind = "null"
+
+[[files]]
+kind = "stdout"
+
+[[files]]
+kind = "stderr"
+
+[[files]]
+name = "LISTEN"
+kind = "listen"
+prot = "tls"
+port = 12345
+
+[[files]]
+name = "CONNECT"
+kind = "connect"
+prot = "tcp"
+host = "127.0.0.1"
+port = 23456
+"""
+
+
+def test_upstream_example_loads_with_upstream_defaults() -> None:
+    c = config.loads(UPSTREAM_EXAMPLE)
+    assert c.args == ["--argument1", "--argument2=foo"]
+    assert c.steward == "https://attest.example.com"
+    assert c.env == {"VAR1": "var1", "VAR2": "var2"}
+    kinds = [f.kind for f in c.effective_files]
+    assert kinds == ["null", "stdout", "stderr", "listen", "connect"]
+    listen = c.effective_files[3]
+    assert listen.addr == "::" and listen.effective_port == 12345
+    assert c.fd_environment() == {"FD_COUNT": "5", "FD_NAMES": "null:stdout:stderr:LISTEN:CONNECT"}
+
+
+def test_no_files_means_stdio() -> None:
+    c = config.loads("")
+    assert [f.kind for f in c.effective_files] == ["stdin", "stdout", "stderr"]
+    assert c.fd_environment()["FD_NAMES"] == "stdin:stdout:stderr"
+
+
+@pytest.mark.parametrize(("prot", "port"), [("tls", 443), ("tcp", 80)])
+def test_listen_port_defaults(prot: str, port: int) -> None:
+    c = config.loads(f'[[files]]\nkind = "listen"\nname = "L"\nprot = "{prot}"\n')
+    assert c.effective_files[0].effective_port == port
+
+
+def test_connect_name_defaults_to_host() -> None:
+    c = config.loads('[[files]]\nkind = "connect"\nhost = "db.internal"\nport = 5432\n')
+    assert c.fd_environment()["FD_NAMES"] == "db.internal"
+
+
+def test_dir_extension() -> None:
+    c = config.loads('[[files]]\nkind = "dir"\nhost = "data"\nguest = "/data"\nreadonly = true\n')
+    d = c.effective_files[0]
+    assert (d.host, d.guest_path, d.readonly) == ("data", "/data", True)
+    assert config.file_name(d) == "/data"
+
+
+def test_limits_extension() -> None:
+    c = config.loads('[limits]\nmax_memory = "64M"\ntimeout = 2.5\nfuel = 1000\n')
+    assert (c.limits.max_memory, c.limits.timeout, c.limits.fuel) == (64 << 20, 2.5, 1000)
+
+
+CASES = [
+    # (toml, expected line, expected key fragment, message fragment)
+    ('args = ["a"]\nargz = 1\n', 2, "argz", "unknown key"),
+    ('[[files]]\nkind = "stdin"\n\n[[files]]\nkind = "listen"\nname = "L"\nprto = "tcp"\n', 7,
+     "files[1].prto", "unknown key"),
+    ('[[files]]\nkind = "null"\nname = "a:b"\n', 3, "files[0].name", "may not contain ':'"),
+    ('[[files]]\nkind = "socket"\n', 1, "files[0]", "unknown kind 'socket'"),
+    ('[[files]]\nkind = "connect"\nhost = "x"\n', 1, "files[0].port", "required key is missing"),
+    ('[[files]]\nkind = "listen"\nprot = "tcp"\n', 1, "files[0].name", "required key is missing"),
+    ('[[files]]\nkind = "connect"\nhost = "x"\nport = 70000\n', 4, "files[0].port", "65535"),
+    ('[limits]\nmax_memory = "12Q"\n', 2, "limits.max_memory", "invalid size"),
+    ('[env]\nFD_COUNT = "9"\n', 2, "env", "cannot be overridden"),
+    ('args = ["a"\n', 2, None, ""),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "fragment"), CASES)
+def test_errors_name_line_and_key(text: str, line: int, key: str | None, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, path="Enarx.toml")
+    err = info.value
+    assert err.line == line, err.message
+    if key:
+        assert err.key is not None and key in err.key
+    assert fragment in err.message
+    assert err.message.startswith(f"Enarx.toml:{line}:")
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("data", ("data", "data", False)),
+        ("./d::/data", ("./d", "/data", False)),
+        ("./d::/data:ro", ("./d", "/data", True)),
+        ("/srv:ro", ("/srv", "/srv", True)),
+    ],
+)
+def test_dir_flag(flag: str, expected: tuple[str, str, bool]) -> None:
+    d = config.parse_dir_flag(flag)
+    assert (d.host, d.guest_path, d.readonly) == expected
+
+
+@pytest.mark.parametrize("flag", ["", "::/x", "a::"])
+def test_bad_dir_flag(flag: str) -> None:
+    with pytest.raises(UsageError):
+        config.parse_dir_flag(flag)
+
+
+@pytest.mark.parametrize("flag", ["NOEQUALS", "=v", "FD_NAMES=x"])
+def test_bad_env_flag(flag: str) -> None:
+    with pytest.raises(UsageError):
+        config.parse_env_flag(flag)
+
+
+@pytest.mark.parametrize(
+    ("text", "n"), [("64M", 64 << 20), ("1G", 1 << 30), ("512KiB", 512 << 10), ("4096", 4096)]
+)
+def test_sizes(text: str, n: int) -> None:
+    assert config.parse_size(text) == n
+
+
+def test_template_is_valid_and_commented() -> None:
+    c = config.loads(config.TEMPLATE)
+    assert [f.kind for f in c.effective_files] == ["stdin", "stdout", "stderr"]
+    assert config.TEMPLATE.count("#") > 10
