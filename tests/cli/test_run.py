@@ -92,19 +92,22 @@ def test_trap_is_one_clear_line(enarx: RunEnarx) -> None:
 
 def test_memory_limit_makes_malloc_fail(enarx: RunEnarx) -> None:
     wasm = build_c("cli_alloc.c")
-    small = enarx("run", *NIL, "--max-memory", "16M", wasm)
+    small = enarx("run", *NIL, "--max-memory", "32M", wasm)
     assert small.returncode == 0, small.stderr
     got = int(small.stdout.split()[1])
-    assert 8 <= got < 16
-    big = enarx("run", *NIL, "--max-memory", "64M", wasm)
-    assert 48 <= int(big.stdout.split()[1]) < 64
+    assert 4 <= got < 32
+    big = enarx("run", *NIL, "--max-memory", "96M", wasm)
+    # libc's allocator grows in steps, so it gets a good part of the cap, never more.
+    assert got + 16 <= int(big.stdout.split()[1]) < 96
+    unlimited = enarx("run", *NIL, wasm)
+    assert int(unlimited.stdout.split()[1]) > 1000
 
 
 def test_memory_limit_from_enarx_toml(enarx: RunEnarx, tmp_path: Path) -> None:
     cfg = tmp_path / "Enarx.toml"
-    cfg.write_text('[limits]\nmax_memory = "16M"\n')
+    cfg.write_text('[limits]\nmax_memory = "32M"\n')
     r = enarx("run", *NIL, "--wasmcfgfile", cfg, build_c("cli_alloc.c"))
-    assert int(r.stdout.split()[1]) < 16
+    assert int(r.stdout.split()[1]) < 32
 
 
 @pytest.mark.parametrize("mode", ["spin", "sleep"])

@@ -84,10 +84,14 @@ def compile_module(
 
 def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     if not wasm.startswith(b"\0asm"):
+        if not wasm.strip():
+            raise InvalidModule("not a WebAssembly module: the file is empty")
         try:
             text = wasm.decode()
         except UnicodeDecodeError:
-            raise InvalidModule("not a WebAssembly module (bad magic number)") from None
+            text = ""
+        if not text.lstrip().startswith(("(", ";;")):
+            raise InvalidModule("not a WebAssembly module (bad magic number)")
         try:
             wasm = wasmtime.wat2wasm(text)
         except wasmtime.WasmtimeError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -74,14 +75,10 @@ def run(module: wasmtime.Module, host: Host, limits: RunLimits) -> int:
         if timer:
             timer.start()
         start(store)
-    except wasmtime.Trap as t:
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
         if host.exit_code is not None:
             return host.exit_code
-        raise _trap_error(t, host) from None
-    except wasmtime.WasmtimeError as e:
-        if host.exit_code is not None:
-            return host.exit_code
-        raise Trap(f"trap: {_one_line(e)}") from None
+        raise _trap_error(e, host) from None
     finally:
         if timer:
             timer.cancel()
@@ -110,8 +107,8 @@ def _instantiate(
         raise InvalidModule(f"cannot instantiate the module: {msg}") from None
 
 
-def _trap_error(t: wasmtime.Trap, host: Host) -> Trap:
-    code = t.trap_code
+def _trap_error(t: wasmtime.Trap | wasmtime.WasmtimeError, host: Host) -> Trap:
+    code = t.trap_code if isinstance(t, wasmtime.Trap) else None
     if code == wasmtime.TrapCode.INTERRUPT or host.timed_out:
         return Timeout("timeout: the workload ran past its wall-clock limit")
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
@@ -119,7 +116,7 @@ def _trap_error(t: wasmtime.Trap, host: Host) -> Trap:
     what = _TRAP_TEXT.get(code) if code is not None else None
     if what is None:
         what = _one_line(t).removeprefix("wasm trap: ")
-    frames = t.frames
+    frames = t.frames if isinstance(t, wasmtime.Trap) else None
     where = ""
     if frames:
         f = frames[0]
@@ -130,9 +127,13 @@ def _trap_error(t: wasmtime.Trap, host: Host) -> Trap:
     return Trap(f"trap: {what}{where}")
 
 
+_NOISE = re.compile(r"^(\d+:\s+0x[0-9a-f]+ - |Caused by|error while|wasm backtrace|note:)")
+
+
 def _one_line(e: BaseException) -> str:
+    """The informative line of a wasmtime error (its text also holds a backtrace)."""
     for line in str(e).splitlines():
         line = line.strip()
-        if line and not line.startswith("Caused by") and not line.startswith("error while"):
+        if line and not _NOISE.match(line):
             return line
     return type(e).__name__

@@ -11,11 +11,13 @@ memory so reads and writes go straight between the host fd and the guest (no cop
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import select
 import stat as st
+import termios
 import time
 from collections.abc import Sequence
 
@@ -145,9 +147,7 @@ class StdioHandle(Handle):
     def __init__(self, host_fd: int) -> None:
         self.host_fd = host_fd
         try:
-            self.filetype = (
-                Filetype.CHARACTER_DEVICE if os.isatty(host_fd) else Filetype.UNKNOWN
-            )
+            self.filetype = Filetype.CHARACTER_DEVICE if os.isatty(host_fd) else Filetype.UNKNOWN
         except OSError:
             self.filetype = Filetype.UNKNOWN
 
@@ -199,6 +199,13 @@ class StdioHandle(Handle):
 
     def poll_fileno(self) -> int | None:
         return self.host_fd
+
+    def nbytes_readable(self) -> int:
+        try:
+            buf = fcntl.ioctl(self.host_fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(buf, "little")
 
 
 class NullHandle(Handle):
@@ -285,10 +292,8 @@ class FileHandle(_HostFdHandle):
         self.rights_base = rights
         self.rights_inheriting = 0
         self.fdflags = fdflags
-        try:
+        with contextlib.suppress(OSError):
             self.filetype = filetype_of(os.fstat(host_fd).st_mode)
-        except OSError:
-            pass
 
     def read(self, bufs: Sequence[memoryview]) -> int:
         try:
@@ -422,9 +427,11 @@ class DirHandle(_HostFdHandle):
             me = os.fstat(self.host_fd)
             out = [(b".", me.st_ino, int(Filetype.DIRECTORY))]
             # A pre-open's parent is outside the sandbox: do not reveal its inode.
-            parent = me.st_ino if self.guest_path is not None else os.stat(
-                "..", dir_fd=self.host_fd
-            ).st_ino
+            parent = (
+                me.st_ino
+                if self.guest_path is not None
+                else os.stat("..", dir_fd=self.host_fd).st_ino
+            )
             out.append((b"..", parent, int(Filetype.DIRECTORY)))
             with os.scandir(self.host_fd) as it:
                 for ent in it:
@@ -452,6 +459,7 @@ class FdTable:
 
     def __init__(self) -> None:
         self._fds: dict[int, Handle] = {}
+        self.lookup = self._fds.get  # the hot path: a bound dict.get, no Python frame
 
     def add(self, handle: Handle) -> int:
         fd = 0
@@ -497,7 +505,5 @@ class FdTable:
     def close_all(self) -> None:
         for fd in list(self._fds):
             h = self._fds.pop(fd)
-            try:
+            with contextlib.suppress(OSError):
                 h.close()
-            except OSError:
-                pass

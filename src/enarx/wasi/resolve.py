@@ -25,9 +25,7 @@ import os
 from enarx.wasi.abi import Errno, WasiError, from_oserror
 
 MAX_SYMLINK_EXPANSIONS = 40
-_WALK_FLAGS = (
-    getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-)
+_WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Resolved:

@@ -3,14 +3,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+static char *blocks[4096];
+
 int main(void) {
     int mib = 0;
-    for (;;) {
+    while (mib < 4096) {
         char *p = malloc(1 << 20);
         if (!p) break;
-        memset(p, 1, 1 << 20);
-        if (++mib >= 4096) break;
+        memset(p, mib & 0xff, 1 << 20);
+        blocks[mib++] = p;  /* kept, so the allocation cannot be optimised away */
     }
-    printf("allocated %d MiB then malloc returned NULL\n", mib);
+    unsigned sum = 0;
+    for (int i = 0; i < mib; i++) sum += (unsigned char)blocks[i][i];
+    printf("allocated %d MiB then malloc returned NULL (checksum %u)\n", mib, sum);
     return 0;
 }

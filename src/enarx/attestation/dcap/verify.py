@@ -68,13 +68,14 @@ def _pem_certs(data: bytes, check: str) -> list[x509.Certificate]:
         raise MalformedEvidence(check, f"certificate chain does not parse: {e}") from None
 
 
-def _cert_info(cert: x509.Certificate) -> CertInfo:
+def _cert_info(cert: x509.Certificate, when: dt.datetime) -> CertInfo:
     return CertInfo(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         sha256=hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest(),
+        verify_at=when,
     )
 
 
@@ -246,6 +247,6 @@ def verify_quote(
         signer=rep.mr_signer if isinstance(rep, SgxReport) else b"",
         rtmrs=() if isinstance(rep, SgxReport) else rep.rtmrs,
         attributes=_attributes(parsed, ext),
-        chain=tuple(_cert_info(c) for c in certs),
+        chain=tuple(_cert_info(c, when) for c in certs),
         verified_at=when,
     )

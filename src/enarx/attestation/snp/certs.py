@@ -64,19 +64,18 @@ class AmdCert:
     signature: bytes = field(repr=False)
     signature_oid: str
     amd_extensions: dict[str, bytes] = field(repr=False)
+    # RFC 4514 renderings, made once: rendering names costs more than the report check.
+    subject_str: str = ""
+    issuer_str: str = ""
 
     @property
     def self_issued(self) -> bool:
         return self.subject == self.issuer
 
-    @property
-    def subject_str(self) -> str:
-        return self.subject.rfc4514_string()
-
     def cert_info(self, at: dt.datetime | None = None) -> CertInfo:
         return CertInfo(
             subject=self.subject_str,
-            issuer=self.issuer.rfc4514_string(),
+            issuer=self.issuer_str,
             not_before=self.not_before,
             not_after=self.not_after,
             sha256=self.sha256.hex(),
@@ -221,6 +220,8 @@ def _snapshot(c: x509.Certificate) -> AmdCert:
         signature=c.signature,
         signature_oid=c.signature_algorithm_oid.dotted_string,
         amd_extensions=amd,
+        subject_str=c.subject.rfc4514_string(),
+        issuer_str=c.issuer.rfc4514_string(),
     )
 
 

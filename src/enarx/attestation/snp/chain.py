@@ -169,15 +169,19 @@ def _build(
     shipped = _shipped()
     trusted = {c.der: None for c in explicit} | {c.der: p for p, c in shipped.arks}
 
-    inter = _find_issuer(
-        leaf, [c for c in supplied if not c.self_issued] + list(shipped.intermediates)
-    )
+    inters = [c for c in supplied if not c.self_issued] + list(shipped.intermediates)
+    inter = _find_issuer(leaf, inters)
     if inter is None:
+        issuer = leaf.issuer_str
+        if any(c.subject == leaf.issuer for c in inters):
+            raise ChainInvalid(
+                f"snp.chain.{kind}",
+                f"the {kind.upper()}'s signature does not verify with its issuer's key",
+                expected=f"RSA-PSS SHA-384 signature by {issuer}", actual="invalid signature",
+            )
         raise ChainInvalid(
-            f"snp.chain.{kind}",
-            f"the {kind.upper()} is not signed by any given or shipped ASK/ASVK",
-            expected=leaf.issuer.rfc4514_string(),
-            actual=[c.subject_str for c in supplied] or "no matching intermediate",
+            f"snp.chain.{kind}", f"no given or shipped ASK/ASVK issued the {kind.upper()}",
+            expected=issuer, actual=[c.subject_str for c in supplied],
             hint="pass the KDS cert_chain for this product as chain=",
         )
 
@@ -189,7 +193,7 @@ def _build(
     if root is None:
         raise ChainInvalid(
             "snp.chain.root", "the intermediate is not signed by any trusted ARK",
-            expected=inter.issuer.rfc4514_string(), actual=inter.subject_str,
+            expected=inter.issuer_str, actual=inter.subject_str,
         )
     if root.der not in trusted:
         raise ChainInvalid(

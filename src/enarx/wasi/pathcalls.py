@@ -1,0 +1,311 @@
+"""The ``path_*`` calls, every one confined to a pre-open through :mod:`enarx.wasi.resolve`.
+
+A mixin of :class:`enarx.wasi.host.WasiHost`. Each call resolves the guest path to a
+(directory fd, single name) pair and ends in one ``*at`` syscall that does not follow a
+final symlink, so nothing the guest names can reach outside the directory it was granted.
+
+Read-only pre-opens (and everything opened beneath them) refuse every write with
+``EROFS`` -- the error a C program reports as "Read-only file system" -- checked before
+rights, so the answer does not depend on which rights the guest happened to request.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as st
+from typing import TYPE_CHECKING
+
+from enarx.wasi import abi
+from enarx.wasi.abi import FILESTAT, U32, Errno, WasiError, from_oserror
+from enarx.wasi.fdcalls import check_fstflags
+from enarx.wasi.fdtable import DirHandle, FileHandle, Handle, filestat_of, set_times_fd
+from enarx.wasi.guestmem import read_bytes, write_bytes
+from enarx.wasi.resolve import Resolved, check_path, resolve
+
+if TYPE_CHECKING:
+    from enarx.wasi.fdtable import FdTable
+
+_WRITE_RIGHTS = (
+    abi.RIGHT_FD_WRITE
+    | abi.RIGHT_FD_DATASYNC
+    | abi.RIGHT_FD_ALLOCATE
+    | abi.RIGHT_FD_FILESTAT_SET_SIZE
+)
+
+
+def _dir(fds: FdTable, fd: int, right: int, *, write: bool = False) -> DirHandle:
+    h = fds.get(fd)
+    if not isinstance(h, DirHandle):
+        raise WasiError(Errno.NOTDIR)
+    if write and h.readonly:
+        raise WasiError(Errno.ROFS)
+    if not h.rights_base & right:
+        raise WasiError(Errno.NOTCAPABLE)
+    return h
+
+
+def _lstat(r: Resolved) -> os.stat_result:
+    try:
+        return os.stat(r.name, dir_fd=r.dirfd, follow_symlinks=False)
+    except OSError as e:
+        raise from_oserror(e) from None
+
+
+def _require_dir_if_slash(r: Resolved) -> None:
+    """A trailing slash names a directory: anything else is ENOTDIR."""
+    if r.must_dir and not st.S_ISDIR(_lstat(r).st_mode):
+        raise WasiError(Errno.NOTDIR)
+
+
+class PathCalls:
+    fds: FdTable
+
+    def _path(self, mv: memoryview, ptr: int, length: int) -> bytes:
+        return read_bytes(mv, ptr, length)
+
+    def _path_open(
+        self,
+        mv: memoryview,
+        fd: int,
+        lookup: int,
+        path: int,
+        path_len: int,
+        oflags: int,
+        base: int,
+        inheriting: int,
+        fdflags: int,
+        out: int,
+    ) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_OPEN)
+        oflags &= 0xFFFF
+        fdflags &= 0xFFFF
+        p = self._path(mv, path, path_len)
+        creat, trunc = oflags & abi.OFLAG_CREAT, oflags & abi.OFLAG_TRUNC
+        want_dir = bool(oflags & abi.OFLAG_DIRECTORY)
+        # Write rights asked for a directory are path rights, each checked on its own call.
+        write = not want_dir and (bool(base & _WRITE_RIGHTS) or bool(fdflags & abi.FDFLAG_APPEND))
+        read = bool(base & (abi.RIGHT_FD_READ | abi.RIGHT_FD_READDIR)) or not write
+        if d.readonly and (creat or trunc or write):
+            raise WasiError(Errno.ROFS)
+        if creat and not d.rights_base & abi.RIGHT_PATH_CREATE_FILE:
+            raise WasiError(Errno.NOTCAPABLE)
+        if trunc and not d.rights_base & abi.RIGHT_PATH_FILESTAT_SET_SIZE:
+            raise WasiError(Errno.NOTCAPABLE)
+        if want_dir and (creat or trunc):
+            return Errno.INVAL
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
+        flags |= os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
+        flags |= os.O_CREAT if creat else 0
+        flags |= os.O_EXCL if oflags & abi.OFLAG_EXCL else 0
+        flags |= os.O_TRUNC if trunc else 0
+        flags |= os.O_DIRECTORY if want_dir else 0
+        flags |= os.O_APPEND if fdflags & abi.FDFLAG_APPEND else 0
+        flags |= os.O_NONBLOCK if fdflags & abi.FDFLAG_NONBLOCK else 0
+        flags |= os.O_DSYNC if fdflags & abi.FDFLAG_DSYNC else 0
+        flags |= os.O_SYNC if fdflags & (abi.FDFLAG_SYNC | abi.FDFLAG_RSYNC) else 0
+        follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
+        with resolve(d.host_fd, p, follow=follow) as r:
+            if r.must_dir:
+                if creat:
+                    raise WasiError(Errno.ISDIR)
+                flags |= os.O_DIRECTORY
+            try:
+                host_fd = os.open(r.name, flags, 0o666, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        try:
+            mode = os.fstat(host_fd).st_mode
+        except OSError as e:
+            os.close(host_fd)
+            raise from_oserror(e) from None
+        h: Handle
+        if st.S_ISDIR(mode):
+            h = DirHandle(host_fd, readonly=d.readonly, guest_path=None)
+            h.rights_base &= d.rights_inheriting
+            h.rights_inheriting &= d.rights_inheriting
+        else:
+            h = FileHandle(host_fd, readable=read, writable=write, readonly=d.readonly)
+            h.fdflags = fdflags
+            h.rights_base &= d.rights_inheriting
+            if base:
+                h.rights_base &= base | abi.RIGHT_FD_FDSTAT_SET_FLAGS
+        try:
+            U32.pack_into(mv, out, self.fds.add(h))
+        except BaseException:
+            h.close()
+            raise
+        return 0
+
+    def _path_create_directory(self, mv: memoryview, fd: int, path: int, length: int) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_CREATE_DIRECTORY, write=True)
+        p = self._path(mv, path, length)
+        with resolve(d.host_fd, p, follow=False) as r:
+            try:
+                os.mkdir(r.name_slash, 0o777, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0
+
+    def _path_filestat_get(
+        self, mv: memoryview, fd: int, lookup: int, path: int, length: int, out: int
+    ) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_GET)
+        p = self._path(mv, path, length)
+        follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
+        with resolve(d.host_fd, p, follow=follow) as r:
+            s = _lstat(r)
+            if r.must_dir and not st.S_ISDIR(s.st_mode):
+                raise WasiError(Errno.NOTDIR)
+        FILESTAT.pack_into(mv, out, *filestat_of(s))
+        return 0
+
+    def _path_filestat_set_times(
+        self,
+        mv: memoryview,
+        fd: int,
+        lookup: int,
+        path: int,
+        length: int,
+        atim: int,
+        mtim: int,
+        fst: int,
+    ) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_SET_TIMES, write=True)
+        p = self._path(mv, path, length)
+        check_fstflags(fst)
+        follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
+        with resolve(d.host_fd, p, follow=follow) as r:
+            _require_dir_if_slash(r)
+            try:
+                set_times_fd(
+                    r.dirfd,
+                    os.fsdecode(r.name),
+                    atim if fst & abi.FST_ATIM else None,
+                    mtim if fst & abi.FST_MTIM else None,
+                    bool(fst & abi.FST_ATIM_NOW),
+                    bool(fst & abi.FST_MTIM_NOW),
+                )
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0
+
+    def _path_link(
+        self,
+        mv: memoryview,
+        old_fd: int,
+        old_lookup: int,
+        old_path: int,
+        old_len: int,
+        new_fd: int,
+        new_path: int,
+        new_len: int,
+    ) -> int:
+        od = _dir(self.fds, old_fd, abi.RIGHT_PATH_LINK_SOURCE)
+        nd = _dir(self.fds, new_fd, abi.RIGHT_PATH_LINK_TARGET, write=True)
+        op = self._path(mv, old_path, old_len)
+        np_ = self._path(mv, new_path, new_len)
+        follow = bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW)
+        with resolve(od.host_fd, op, follow=follow or op.endswith(b"/")) as ro:
+            if ro.must_dir:
+                s = _lstat(ro)
+                raise WasiError(Errno.PERM if st.S_ISDIR(s.st_mode) else Errno.NOTDIR)
+            with resolve(nd.host_fd, np_, follow=False) as rn:
+                try:
+                    os.link(
+                        ro.name,
+                        rn.name_slash,
+                        src_dir_fd=ro.dirfd,
+                        dst_dir_fd=rn.dirfd,
+                        follow_symlinks=False,
+                    )
+                except OSError as e:
+                    raise from_oserror(e) from None
+        return 0
+
+    def _path_readlink(
+        self, mv: memoryview, fd: int, path: int, length: int, buf: int, buf_len: int, out: int
+    ) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_READLINK)
+        p = self._path(mv, path, length)
+        with resolve(d.host_fd, p, follow=False) as r:
+            if r.must_dir:
+                _lstat(r)
+                raise WasiError(Errno.INVAL)  # "x/" names a directory, never a link
+            try:
+                target = os.readlink(r.name, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        data = target[:buf_len]
+        write_bytes(mv, buf, data)
+        U32.pack_into(mv, out, len(data))
+        return 0
+
+    def _path_remove_directory(self, mv: memoryview, fd: int, path: int, length: int) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_REMOVE_DIRECTORY, write=True)
+        p = self._path(mv, path, length)
+        with resolve(d.host_fd, p, follow=False) as r:
+            if r.name == b".":
+                raise WasiError(Errno.INVAL)
+            try:
+                os.rmdir(r.name_slash, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0
+
+    def _path_rename(
+        self,
+        mv: memoryview,
+        fd: int,
+        old_path: int,
+        old_len: int,
+        new_fd: int,
+        new_path: int,
+        new_len: int,
+    ) -> int:
+        od = _dir(self.fds, fd, abi.RIGHT_PATH_RENAME_SOURCE, write=True)
+        nd = _dir(self.fds, new_fd, abi.RIGHT_PATH_RENAME_TARGET, write=True)
+        op = self._path(mv, old_path, old_len)
+        np_ = self._path(mv, new_path, new_len)
+        with (
+            resolve(od.host_fd, op, follow=False) as ro,
+            resolve(nd.host_fd, np_, follow=False) as rn,
+        ):
+            if ro.name == b"." or rn.name == b".":
+                raise WasiError(Errno.BUSY)
+            # "file" -> "new/": the source must then be a directory
+            if rn.must_dir and not ro.must_dir and not st.S_ISDIR(_lstat(ro).st_mode):
+                raise WasiError(Errno.NOTDIR)
+            try:
+                os.rename(ro.name_slash, rn.name_slash, src_dir_fd=ro.dirfd, dst_dir_fd=rn.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0
+
+    def _path_symlink(
+        self, mv: memoryview, old_path: int, old_len: int, fd: int, new_path: int, new_len: int
+    ) -> int:
+        target = self._path(mv, old_path, old_len)
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_SYMLINK, write=True)
+        p = self._path(mv, new_path, new_len)
+        check_path(target)
+        if target.startswith(b"/"):
+            # Never plant a link to a host absolute path (host tools would follow it).
+            raise WasiError(Errno.PERM)
+        with resolve(d.host_fd, p, follow=False) as r:
+            try:
+                os.symlink(target, r.name_slash, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0
+
+    def _path_unlink_file(self, mv: memoryview, fd: int, path: int, length: int) -> int:
+        d = _dir(self.fds, fd, abi.RIGHT_PATH_UNLINK_FILE, write=True)
+        p = self._path(mv, path, length)
+        with resolve(d.host_fd, p, follow=False) as r:
+            if r.name == b".":
+                raise WasiError(Errno.ISDIR)
+            try:
+                os.unlink(r.name_slash, dir_fd=r.dirfd)
+            except OSError as e:
+                raise from_oserror(e) from None
+        return 0

@@ -1,0 +1,155 @@
+"""`enarx attest verify|report` as a user drives it: real vectors, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attestation"))
+from dcap_support import DCAP, DcapVector, load_dcap
+
+from enarx.cli.attest import attest
+
+VALID = [(k, n) for k, n in DCAP if n not in ("gotdxguest-tdx-v4", "dcapqvl-tdx-v5-nomatch",
+                                              "dcaprs-sgx-v3")]
+
+
+def _verify_args(v: DcapVector, tmp_path: Path, *extra: str) -> list[str]:
+    coll = v.write_collateral_dir(tmp_path / "collateral")
+    return ["verify", str(v.folder / "quote.bin"), "--platform", v.kind,
+            "--collateral", str(coll), *extra]
+
+
+@pytest.mark.parametrize(("kind", "name"), VALID)
+def test_verify_valid_vector_json(kind: str, name: str, tmp_path: Path) -> None:
+    v = load_dcap(kind, name)
+    res = CliRunner().invoke(attest, _verify_args(v, tmp_path, "--at",
+                                                  v.manifest["verify_at"], "--json"))
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["platform"] == kind
+    assert out["tcb_status"] == v.expected["tcb_status"]
+    assert out["report_data"] == v.manifest["evidence"]["report_data_hex"]
+    assert out["debug"] is False and len(out["measurement"]) in (64, 96)
+    assert out["advisory_ids"] == v.expected.get("advisory_ids",
+                                                 v.expected.get("advisory_ids_local_analysis"))
+
+
+def test_verify_no_matching_tcb_exits_nonzero_with_check(tmp_path: Path) -> None:
+    v = load_dcap("tdx", "gotdxguest-tdx-v4")
+    res = CliRunner().invoke(attest, _verify_args(v, tmp_path, "--at", v.manifest["verify_at"],
+                                                  "--json"))
+    assert res.exit_code == 4
+    err = json.loads(res.output)["error"]
+    assert err["check"] == "dcap.tcb.no_match" and "No matching TCB level" in err["message"]
+    assert {"expected", "actual", "message"} <= set(err)
+
+
+def test_verify_today_reports_expired_collateral(tmp_path: Path) -> None:
+    v = load_dcap("tdx", "dcapqvl-tdx-v4")
+    res = CliRunner().invoke(attest, _verify_args(v, tmp_path, "--json"))
+    assert res.exit_code == 4
+    assert "expired" in json.loads(res.output)["error"]["check"]
+
+
+def test_human_output_and_wrong_platform(tmp_path: Path) -> None:
+    v = load_dcap("sgx", "zkdcap-sgx-v3")
+    ok = CliRunner().invoke(attest, _verify_args(v, tmp_path, "--at", v.manifest["verify_at"]))
+    assert ok.exit_code == 0 and "SWHardeningNeeded" in ok.output and "verified" in ok.output
+    args = _verify_args(v, tmp_path, "--at", v.manifest["verify_at"])
+    args[args.index("--platform") + 1] = "tdx"
+    wrong = CliRunner().invoke(attest, args)
+    assert wrong.exit_code == 4 and "--platform sgx" in wrong.output
+
+
+@pytest.mark.parametrize("case", ["evidence", "collateral-file", "collateral-dir", "at", "mix"])
+def test_bad_arguments_are_clear_errors(case: str, tmp_path: Path) -> None:
+    v = load_dcap("tdx", "dcapqvl-tdx-v4")
+    args = _verify_args(v, tmp_path, "--at", v.manifest["verify_at"])
+    want = ""
+    if case == "evidence":
+        args[1], want = str(tmp_path / "nope.bin"), "no such file"
+    elif case == "collateral-file":
+        (tmp_path / "collateral" / "pck_crl.der").unlink()
+        want = "pck_crl.der"
+    elif case == "collateral-dir":
+        args[args.index("--collateral") + 1], want = str(tmp_path / "none"), "not a directory"
+    elif case == "at":
+        args[args.index("--at") + 1], want = "yesterday", "ISO 8601"
+    else:
+        args += ["--cert", str(v.folder / "quote.bin")]
+        want = "SNP"
+    res = CliRunner().invoke(attest, args)
+    assert res.exit_code == 2, res.output
+    assert want in res.output and "hint:" in res.output
+    assert ("Traceback" not in res.output and res.exception is None) or isinstance(
+        res.exception, SystemExit)
+
+
+def test_verify_snp_vector(tmp_path: Path) -> None:
+    from vectors import load_manifest
+
+    m = load_manifest("snp", "ms-milan-v3")
+    d: Path = m["_dir"]
+    res = CliRunner().invoke(attest, [
+        "verify", str(d / "report.bin"), "--platform", "snp", "--cert", str(d / "vcek.pem"),
+        "--chain", str(d / "ask.pem"), "--at", m["verify_at"], "--json",
+    ])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["platform"] == "snp" and out["tcb_status"] == "UpToDate"
+
+
+def test_report_without_tee_names_sim(tmp_path: Path) -> None:
+    from enarx import platform as plat
+
+    if any(plat.get(n).available() for n in ("sev-snp", "tdx", "sgx")):
+        pytest.skip("this host has a confidential backend")
+    res = CliRunner().invoke(attest, ["report", "--json"])
+    assert res.exit_code == 3
+    assert "--platform sim" in json.loads(res.output)["error"]["hint"]
+
+
+def test_report_bad_report_data() -> None:
+    res = CliRunner().invoke(attest, ["report", "--platform", "sim", "--report-data", "zz"])
+    assert res.exit_code == 2 and "not hex" in res.output
+
+
+# --- the real entry point, as a separate process ------------------------------------------
+
+
+def test_subprocess_verify_real_vectors(enarx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    good = load_dcap("tdx", "gotdxguest-tdx-v5")
+    res = enarx("attest", *_verify_args(good, tmp_path / "a", "--at",
+                                        good.manifest["verify_at"], "--json"))
+    assert res.returncode == 0, res.stderr.decode()
+    assert json.loads(res.stdout)["tcb_status"] == "UpToDate"
+    bad = load_dcap("tdx", "gotdxguest-tdx-v4")
+    res = enarx("attest", *_verify_args(bad, tmp_path / "b", "--at",
+                                        bad.manifest["verify_at"]))
+    assert res.returncode == 4
+    assert b"dcap.tcb.no_match" in res.stderr and b"Traceback" not in res.stderr
+
+
+def test_subprocess_sim_report_then_verify(enarx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    env = {"ENARX_SIM_DIR": str(tmp_path / "sim")}
+    out = tmp_path / "r.bin"
+    rd = "ab" * 32
+    res = enarx("attest", "report", "--platform", "sim", "--report-data", rd, "--out", out,
+                env=env)
+    assert res.returncode == 0, res.stderr.decode()
+    assert b"warning" in res.stderr  # sim is loud
+    assert out.stat().st_size == 1184
+    res = enarx("attest", "verify", out, "--platform", "snp", "--cert", f"{out}.vcek.pem",
+                "--chain", f"{out}.chain.pem", "--trust-root", f"{out}.ark.pem", "--json",
+                env=env)
+    assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+    assert json.loads(res.stdout)["report_data"] == rd + "00" * 32  # zero-padded to 64 bytes
+    # Without the sim root the chain does not lead to an AMD root.
+    res = enarx("attest", "verify", out, "--platform", "snp", "--cert", f"{out}.vcek.pem",
+                "--chain", f"{out}.chain.pem", "--json", env=env)
+    assert res.returncode == 4
