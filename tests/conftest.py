@@ -5,16 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-ENARX = Path(sys.executable).with_name("enarx")
-
-RunEnarx = Callable[..., subprocess.CompletedProcess[bytes]]
+from cliutil import ENARX, RunEnarx
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import pytest
 
-from conftest import RunEnarx
+from cliutil import RunEnarx
 from guestbuild import (
     GUESTS,
     ToolchainMissing,

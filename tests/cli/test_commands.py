@@ -7,7 +7,7 @@ from pathlib import Path
 
 from enarx import __version__, config
 
-from conftest import RunEnarx
+from cliutil import RunEnarx
 
 
 def test_version(enarx: RunEnarx) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RunEnarx
+from cliutil import RunEnarx
 from guestbuild import build_c
 
 NIL = ("--backend", "nil")

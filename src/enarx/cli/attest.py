@@ -6,8 +6,6 @@ Files are read here, at the edge, and only bytes go down to ``enarx.attestation`
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +64,9 @@ def _fail(err: EnarxError, as_json: bool) -> None:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    # Temp file in the same directory + os.replace: a reader never sees a half-written file.
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from enarx.fsutil import atomic_write
+
+    atomic_write(path.resolve(), data)
 
 
 @click.group()

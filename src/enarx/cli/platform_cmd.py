@@ -55,3 +55,131 @@ def info(as_json: bool) -> None:
             table.add_row(row["backend"] if i == 0 else "", c["name"], mark, detail)
         table.add_section()
     Console().print(table)
+
+
+def _fetcher(cache_dir: str | None, refresh: bool):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from enarx.platform.collateral import Fetcher
+
+    return Fetcher(Path(cache_dir) if cache_dir else None, refresh=refresh)
+
+
+_cache_options = [
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Collateral cache [default: ~/.cache/enarx/collateral, "
+                 "env ENARX_COLLATERAL_CACHE]."),
+    click.option("--refresh", is_flag=True, help="Ignore cached entries and fetch again."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+]
+
+
+def _with_cache_options(f):  # type: ignore[no-untyped-def]
+    for option in reversed(_cache_options):
+        f = option(f)
+    return f
+
+
+@platform.group("snp")
+def snp() -> None:
+    """AMD SEV-SNP helpers."""
+
+
+@snp.command("vcek")
+@click.argument("report", type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the VCEK (PEM) here.")
+@click.option("--chain-out", type=click.Path(dir_okay=False),
+              help="Write the ASK+ARK bundle (PEM) here.")
+@click.option("--product", help="Milan, Genoa or Turin (needed for v2 reports only).")
+@click.option("--kds-url", default=None, help="AMD KDS or a caching proxy [default: AMD KDS].")
+@_with_cache_options
+def snp_vcek(report: str, out: str | None, chain_out: str | None, product: str | None,
+             kds_url: str | None, cache_dir: str | None, refresh: bool, as_json: bool) -> None:
+    """Fetch the VCEK matching REPORT's chip and REPORTED_TCB from AMD KDS (cached).
+
+    The certificate is verified against the report and AMD's shipped roots before it is
+    written or cached. Then: enarx attest verify REPORT --platform snp --cert OUT
+    """
+    from pathlib import Path
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from enarx.attestation.snp.certs import load_cert
+    from enarx.cli.output import error_exit, print_json
+    from enarx.errors import EnarxError
+    from enarx.fsutil import atomic_write
+    from enarx.platform.collateral import KDS_URL, fetch_vcek
+
+    fetcher = _fetcher(cache_dir, refresh)
+    try:
+        data = _read_input(report, "report")
+        got = fetch_vcek(data, fetcher, kds_url=kds_url or KDS_URL, product=product)
+    except EnarxError as e:
+        error_exit(e, as_json=as_json)
+        return
+    pem = load_cert(got.vcek_der).public_bytes(Encoding.PEM)
+    if out:
+        atomic_write(Path(out), pem)
+    if chain_out:
+        atomic_write(Path(chain_out), got.chain_pem)
+    if as_json:
+        print_json({"product": got.product, "url": got.vcek_url, "out": out,
+                    "chain_out": chain_out, "downloads": fetcher.requests})
+    elif not out:
+        click.echo(pem.decode(), nl=False)
+    else:
+        click.echo(f"wrote {out} (VCEK for {got.product}, {fetcher.requests} download(s))")
+
+
+@platform.group("sgx")
+def sgx() -> None:
+    """Intel SGX/TDX DCAP helpers."""
+
+
+@sgx.command("cache")
+@click.argument("quote", type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write the collateral files into (created if missing).")
+@click.option("--pcs-url", default=None, help="Intel PCS or a PCCS (v4 API) [default: Intel PCS].")
+@click.option("--root-crl-url", default=None, help="Where to get the Intel Root CA CRL.")
+@_with_cache_options
+def sgx_cache(quote: str, out_dir: str, pcs_url: str | None, root_crl_url: str | None,
+              cache_dir: str | None, refresh: bool, as_json: bool) -> None:
+    """Fetch the collateral for an SGX or TDX QUOTE into OUT (the --collateral layout).
+
+    Then: enarx attest verify QUOTE --platform sgx|tdx --collateral OUT
+    """
+    from pathlib import Path
+
+    from enarx.cli.output import error_exit, print_json
+    from enarx.errors import EnarxError
+    from enarx.fsutil import atomic_write
+    from enarx.platform.collateral import PCS_URL, fetch_dcap_collateral
+
+    fetcher = _fetcher(cache_dir, refresh)
+    try:
+        data = _read_input(quote, "quote")
+        files = fetch_dcap_collateral(data, fetcher, pcs_url=pcs_url or PCS_URL,
+                                      root_crl_url=root_crl_url)
+    except EnarxError as e:
+        error_exit(e, as_json=as_json)
+        return
+    target = Path(out_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        atomic_write(target / name, content)
+    if as_json:
+        print_json({"out": out_dir, "files": sorted(files), "downloads": fetcher.requests})
+    else:
+        click.echo(f"wrote {len(files)} files to {out_dir} ({fetcher.requests} download(s))")
+
+
+def _read_input(path: str, what: str) -> bytes:
+    from pathlib import Path
+
+    from enarx.errors import UsageError
+
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"{what} {path}: {e.strerror}") from None

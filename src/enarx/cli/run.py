@@ -56,6 +56,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
               help="Wall-clock limit; the workload is interrupted when it runs out.")
 @click.option("--fuel", type=click.IntRange(min=1), help="Instruction budget (off by default).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the compiled-module cache.")
+@click.option(
+    "--no-fd-env",
+    is_flag=True,
+    help="Do not set FD_COUNT/FD_NAMES (upstream Enarx sets them; plain WASI runtimes do not).",
+)
 @click.argument("module", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def run(
@@ -67,6 +72,7 @@ def run(
     timeout: float | None,
     fuel: int | None,
     no_cache: bool,
+    no_fd_env: bool,
     module: Path,
     args: tuple[str, ...],
 ) -> None:
@@ -121,6 +127,7 @@ def run(
         cache=None if no_cache else ModuleCache(),
         on_compile=_progress,
         base_dir=base_dir,
+        fd_env=not no_fd_env,
     )
     sys.exit(code & 0xFF if code >= 0 else 1)
 

@@ -34,6 +34,7 @@ def run_workload(
     on_compile: Callable[[int], Callable[[], None]] | None = None,
     stdio: tuple[int, int, int] = (0, 1, 2),
     base_dir: str = ".",
+    fd_env: bool = True,
 ) -> int:
     from enarx.keep.files import open_files
     from enarx.wasi.host import WasiHost
@@ -43,7 +44,7 @@ def run_workload(
     fds = open_files(files, stdio=stdio, base_dir=base_dir)
     # FD_COUNT/FD_NAMES come first (config validation refuses user values for them);
     # --env flags override Enarx.toml's env.
-    env = {**config.fd_environment(), **config.env, **dict(extra_env)}
+    env = {**(config.fd_environment() if fd_env else {}), **config.env, **dict(extra_env)}
     args = [workload.argv0, *config.args, *extra_args]
     host = WasiHost(
         args=[a.encode() for a in args],

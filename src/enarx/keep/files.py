@@ -46,13 +46,13 @@ def open_files(
             except ResourceError as e:
                 raise ResourceError(f"{where}: {e.message}", hint=e.hint) from None
         elif isinstance(f, ListenFile | ConnectFile):
-            table.add(_open_socket(f, where))
+            table.add(_open_socket(f, where, base_dir))
         else:  # pragma: no cover - the config model admits no other kind
             raise ResourceError(f"{where}: unsupported kind {f.kind!r}")
     return table
 
 
-def _open_socket(f: ListenFile | ConnectFile, where: str) -> Any:
+def _open_socket(f: ListenFile | ConnectFile, where: str, base_dir: str) -> Any:
     try:
         from enarx.keep import sockets
     except ImportError:
@@ -60,4 +60,4 @@ def _open_socket(f: ListenFile | ConnectFile, where: str) -> Any:
             f"{where}: {f.kind} sockets are not supported by this build",
             hint="remove the entry or upgrade enarx",
         ) from None
-    return sockets.open_entry(f, where)
+    return sockets.open_entry(f, where, base_dir=base_dir)

@@ -121,6 +121,11 @@ class Handle:
         """Bytes available now, reported in a fd_read event (0 when unknown)."""
         return 0
 
+    def pending(self) -> int:
+        """Bytes buffered inside the handle (TLS plaintext) that its host fd no longer
+        signals: poll_oneoff reports such a handle readable without waiting."""
+        return 0
+
     # --- sockets (overridden by socket handles) --------------------------------------
     def sock_accept(self, flags: int) -> Handle:
         raise WasiError(Errno.NOTSOCK)

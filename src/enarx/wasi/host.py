@@ -164,6 +164,11 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         self.env = [bytes(k) + b"=" + bytes(v) for k, v in env]
         self.fds = fds
         self.deadline = deadline
+        for _fd, h in fds.items():
+            # Socket handles wait inside their calls; this lets those waits end at the deadline.
+            attach = getattr(h, "attach_deadline", None)
+            if attach is not None:
+                attach(self.check_deadline)
         self.exit_code: int | None = None
         self.timed_out = False
         self.host_error: BaseException | None = None  # an unexpected exception, for debugging

@@ -82,17 +82,25 @@ class PathCalls:
         p = self._path(mv, path, path_len)
         creat, trunc = oflags & abi.OFLAG_CREAT, oflags & abi.OFLAG_TRUNC
         want_dir = bool(oflags & abi.OFLAG_DIRECTORY)
-        # Write rights asked for a directory are path rights, each checked on its own call.
-        write = not want_dir and (bool(base & _WRITE_RIGHTS) or bool(fdflags & abi.FDFLAG_APPEND))
+        # As wasmtime: any write-ish fd right means "open for writing", which a directory
+        # refuses with EISDIR (guests echo a directory's own rights, which hold none).
+        write = bool(base & _WRITE_RIGHTS) or bool(fdflags & abi.FDFLAG_APPEND)
+        if d.readonly:
+            # Go asks for FD_FILESTAT_SET_SIZE even on read-only opens: only a real write
+            # (FD_WRITE, append, create, truncate) is refused; the rest opens read-only.
+            writes = bool(base & abi.RIGHT_FD_WRITE) or bool(fdflags & abi.FDFLAG_APPEND)
+            if creat or trunc or (writes and not want_dir):
+                raise WasiError(Errno.ROFS)
+            write = False
         read = bool(base & (abi.RIGHT_FD_READ | abi.RIGHT_FD_READDIR)) or not write
-        if d.readonly and (creat or trunc or write):
-            raise WasiError(Errno.ROFS)
         if creat and not d.rights_base & abi.RIGHT_PATH_CREATE_FILE:
             raise WasiError(Errno.NOTCAPABLE)
-        if trunc and not d.rights_base & abi.RIGHT_PATH_FILESTAT_SET_SIZE:
+        if trunc and not d.rights_inheriting & abi.RIGHT_FD_FILESTAT_SET_SIZE:
             raise WasiError(Errno.NOTCAPABLE)
         if want_dir and (creat or trunc):
             return Errno.INVAL
+        if want_dir and write:
+            return Errno.ISDIR
         flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
         flags |= os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
         flags |= os.O_CREAT if creat else 0

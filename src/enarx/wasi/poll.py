@@ -78,6 +78,8 @@ class PollCalls:
                 if host_fd is None:
                     n = h.nbytes_readable() if tag == abi.EVENTTYPE_FD_READ else 0
                     events.append((userdata, 0, tag, n, 0))
+                elif tag == abi.EVENTTYPE_FD_READ and (n := h.pending()):
+                    events.append((userdata, 0, tag, n, 0))  # buffered: the fd stays quiet
                 else:
                     waits.append((userdata, tag, h, host_fd))
             else:

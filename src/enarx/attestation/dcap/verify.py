@@ -15,8 +15,9 @@ What dcap-qvl (0.7) cannot do, and what we do about it:
   PCS serves it today). We do not silently swap certificates: the chain is the caller's input.
 * It refuses debug enclaves/TDs outright (``dcap.report.debug``); a debug quote never reaches
   policy, so ``VerifiedEvidence.debug`` from this path is always False in practice.
-* It cannot decode TCB Info v2 (flat ``sgxtcbcompNNsvn`` keys, pre-2021 PCS API v3); such
-  collateral is rejected as ``dcap.tcb_info.version`` with a hint to fetch TCB Info v3.
+* It cannot decode TCB Info v2 (flat ``sgxtcbcompNNsvn`` keys, pre-2021 PCS API v3). SGX
+  quotes v3 with such collateral go through ``legacy.py`` instead (same checks, same result
+  type); TDX quotes with TCB Info v2 are rejected as ``dcap.tcb_info.version``.
 * It reports only the final (platform ⊕ QE) TCB status and advisory IDs, not the matched
   level, so ``Tcb.reported`` holds the SVNs from the quote and PCK certificate instead.
 """
@@ -203,6 +204,42 @@ def _attributes(quote: ParsedQuote, ext: Any) -> dict[str, Any]:
     return out
 
 
+def build_evidence(
+    parsed: ParsedQuote,
+    status: str,
+    advisories: list[str],
+    ext: Any,
+    certs: list[x509.Certificate],
+    when: dt.datetime,
+) -> VerifiedEvidence:
+    """The typed result for a verified quote (shared by the dcap-qvl and TCB Info v2 paths)."""
+    rep = parsed.report
+    is_sgx = isinstance(rep, SgxReport)
+    return VerifiedEvidence(
+        platform=Platform.SGX if is_sgx else Platform.TDX,
+        product="SGX" if is_sgx else ("TDX 1.5" if parsed.body_type == "td15" else "TDX 1.0"),
+        version=parsed.header.version,
+        measurement=rep.mr_enclave if isinstance(rep, SgxReport) else rep.mr_td,
+        report_data=rep.report_data,
+        debug=rep.debug,
+        tcb=_tcb(status, advisories, parsed, ext),
+        signer=rep.mr_signer if isinstance(rep, SgxReport) else b"",
+        rtmrs=() if isinstance(rep, SgxReport) else rep.rtmrs,
+        attributes=_attributes(parsed, ext),
+        chain=tuple(_cert_info(c, when) for c in certs),
+        verified_at=when,
+    )
+
+
+def _is_tcb_info_v2_sgx(collateral: Collateral, quote: ParsedQuote) -> bool:
+    """SGX quote v3 with TCB Info v2: the one case dcap-qvl cannot decode (see legacy.py)."""
+    return (
+        quote.header.version == 3
+        and not quote.is_tdx
+        and collateral.tcb_info_json().get("version") == 2
+    )
+
+
 def verify_quote(
     quote: bytes,
     collateral: Collateral,
@@ -221,6 +258,11 @@ def verify_quote(
     parsed = parse_quote(quote)
     when = _utc(at)
     root_der = _root_der(trust_root) if trust_root is not None else shipped_root_der()
+    if _is_tcb_info_v2_sgx(collateral, parsed):
+        # Imported here: legacy.py reuses this module's helpers.
+        from enarx.attestation.dcap.legacy import verify_sgx_tcb_info_v2
+
+        return verify_sgx_tcb_info_v2(parsed, collateral, at=when, root_der=root_der)
     _precheck_collateral(collateral, parsed)
     _check_chain_root(collateral.tcb_info_issuer_chain, root_der, "tcb_info_issuer_chain")
     _check_chain_root(collateral.qe_identity_issuer_chain, root_der, "qe_identity_issuer_chain")
@@ -234,19 +276,4 @@ def verify_quote(
     except ValueError as e:
         raise map_error(str(e)) from None
 
-    rep = parsed.report
-    is_sgx = isinstance(rep, SgxReport)
-    return VerifiedEvidence(
-        platform=Platform.SGX if is_sgx else Platform.TDX,
-        product="SGX" if is_sgx else ("TDX 1.5" if parsed.body_type == "td15" else "TDX 1.0"),
-        version=parsed.header.version,
-        measurement=rep.mr_enclave if isinstance(rep, SgxReport) else rep.mr_td,
-        report_data=rep.report_data,
-        debug=rep.debug,
-        tcb=_tcb(report.status, list(report.advisory_ids), parsed, ext),
-        signer=rep.mr_signer if isinstance(rep, SgxReport) else b"",
-        rtmrs=() if isinstance(rep, SgxReport) else rep.rtmrs,
-        attributes=_attributes(parsed, ext),
-        chain=tuple(_cert_info(c, when) for c in certs),
-        verified_at=when,
-    )
+    return build_evidence(parsed, report.status, list(report.advisory_ids), ext, certs, when)
