@@ -102,9 +102,7 @@ def snp_vcek(report: str, out: str | None, chain_out: str | None, product: str |
     """
     from pathlib import Path
 
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from enarx.attestation.snp.certs import load_cert
+    from enarx.attestation.snp.certs import to_pem
     from enarx.cli.output import error_exit, print_json
     from enarx.errors import EnarxError
     from enarx.fsutil import atomic_write
@@ -117,7 +115,7 @@ def snp_vcek(report: str, out: str | None, chain_out: str | None, product: str |
     except EnarxError as e:
         error_exit(e, as_json=as_json)
         return
-    pem = load_cert(got.vcek_der).public_bytes(Encoding.PEM)
+    pem = to_pem(got.vcek_der)
     if out:
         atomic_write(Path(out), pem)
     if chain_out:

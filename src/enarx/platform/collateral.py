@@ -156,6 +156,7 @@ def fetch_vcek(
 ) -> SnpCollateral:
     """The VCEK and ASK+ARK for an SNP report; verified against the report before return."""
     from enarx.attestation.snp import parse_report, verify_report
+    from enarx.attestation.snp.certs import load_cert, load_certs
     from enarx.attestation.snp.kds import cert_chain_path, vcek_path
 
     rep = parse_report(report)
@@ -181,21 +182,9 @@ def fetch_vcek(
         fetcher.forget(vcek_url)
         raise
     # Certificates are immutable: keep them until they expire.
-    fetcher.set_expiry(vcek_url, _load_cert(vcek).not_valid_after_utc)
-    fetcher.set_expiry(chain_url, min(c.not_valid_after_utc for c in _load_pem_certs(chain)))
+    fetcher.set_expiry(vcek_url, load_cert(vcek, "vcek").not_after)
+    fetcher.set_expiry(chain_url, min(c.not_after for c in load_certs(chain, "chain")))
     return SnpCollateral(name, vcek, chain, vcek_url)
-
-
-def _load_cert(data: bytes) -> Any:
-    from enarx.attestation.snp.certs import load_cert
-
-    return load_cert(data)
-
-
-def _load_pem_certs(data: bytes) -> list[Any]:
-    from cryptography import x509
-
-    return x509.load_pem_x509_certificates(data)
 
 
 # --- Intel PCS / PCCS ----------------------------------------------------------------------

@@ -82,8 +82,8 @@ class PathCalls:
         p = self._path(mv, path, path_len)
         creat, trunc = oflags & abi.OFLAG_CREAT, oflags & abi.OFLAG_TRUNC
         want_dir = bool(oflags & abi.OFLAG_DIRECTORY)
-        # As wasmtime: any write-ish fd right means "open for writing", which a directory
-        # refuses with EISDIR (guests echo a directory's own rights, which hold none).
+        # As wasmtime: any write-ish fd right means "open for writing", which the kernel
+        # refuses on a directory with EISDIR (a directory's own rights hold none of them).
         write = bool(base & _WRITE_RIGHTS) or bool(fdflags & abi.FDFLAG_APPEND)
         if d.readonly:
             # Go asks for FD_FILESTAT_SET_SIZE even on read-only opens: only a real write
@@ -99,8 +99,6 @@ class PathCalls:
             raise WasiError(Errno.NOTCAPABLE)
         if want_dir and (creat or trunc):
             return Errno.INVAL
-        if want_dir and write:
-            return Errno.ISDIR
         flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
         flags |= os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
         flags |= os.O_CREAT if creat else 0

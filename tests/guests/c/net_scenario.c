@@ -3,6 +3,7 @@
  *   net_scenario listen     fd 3 is a listener: accept three connections (default mode,
  *                           explicitly blocking, non-blocking), run the stream scenario on each
  *   net_scenario connect    fd 3 is a connected stream: run the stream scenario on it
+ *   net_scenario client     fd 3 is a connected stream: send "hello keep", print the reply line
  *   net_scenario halfclose  accept one connection: echo a line, shutdown(SHUT_WR), then read
  *                           one more line (the socket stays readable) and print it
  *
@@ -122,6 +123,11 @@ int main(int argc, char **argv) {
         c = accept_one("nonblocking");
         stream(c, "nonblocking");
         close(c);
+    } else if (!strcmp(mode, "client")) {
+        char line[512];
+        write_all(LISTENER, "hello keep\n", 11);
+        read_line(LISTENER, line, sizeof line, NULL);
+        printf("reply: %s", line);
     } else if (!strcmp(mode, "halfclose")) {
         char line[512];
         int c = accept_one("halfclose");
@@ -134,7 +140,7 @@ int main(int argc, char **argv) {
         printf("eof\n");
         close(c);
     } else {
-        printf("usage: net_scenario listen|connect|halfclose\n");
+        printf("usage: net_scenario listen|connect|client|halfclose\n");
         return 2;
     }
     printf("done\n");

@@ -134,27 +134,27 @@ class _Fields:
         self.check = check
         self.where = where
 
-    def _get(self, key: str) -> Any:
+    def value(self, key: str) -> Any:
         if key not in self.obj:
             raise MalformedEvidence(self.check, f"{self.where}.{key} is missing", expected=key)
         return self.obj[key]
 
-    def int(self, key: str, hi: int) -> int:
-        v = self._get(key)
+    def integer(self, key: str, hi: int) -> int:
+        v = self.value(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
             raise MalformedEvidence(self.check, f"{self.where}.{key} must be an integer",
                                     expected=f"0..{hi}", actual=repr(v)[:40])
         return v
 
-    def str(self, key: str) -> str:
-        v = self._get(key)
+    def text(self, key: str) -> str:
+        v = self.value(key)
         if not isinstance(v, str):
             raise MalformedEvidence(self.check, f"{self.where}.{key} must be a string",
                                     actual=type(v).__name__)
         return v
 
-    def hex(self, key: str, size: int) -> bytes:
-        v = self.str(key)
+    def hexbytes(self, key: str, size: int) -> bytes:
+        v = self.text(key)
         try:
             b = bytes.fromhex(v)
         except ValueError:
@@ -165,7 +165,7 @@ class _Fields:
         return b
 
     def date(self, key: str) -> dt.datetime:
-        v = self.str(key)
+        v = self.text(key)
         try:
             d = dt.datetime.fromisoformat(v)
         except ValueError:
@@ -176,7 +176,7 @@ class _Fields:
         return d.astimezone(dt.UTC)
 
     def status(self, key: str) -> str:
-        v = self.str(key)
+        v = self.text(key)
         if v not in SEVERITY:
             raise MalformedEvidence(self.check, f"{self.where}.{key} is not a known TCB status",
                                     expected=sorted(SEVERITY), actual=v[:40])
@@ -188,8 +188,8 @@ class _Fields:
             raise MalformedEvidence(self.check, f"{self.where}.advisoryIDs must be strings")
         return tuple(v)
 
-    def list(self, key: str) -> list[Any]:
-        v = self._get(key)
+    def items(self, key: str) -> list[Any]:
+        v = self.value(key)
         if not isinstance(v, list):
             raise MalformedEvidence(self.check, f"{self.where}.{key} must be a list",
                                     actual=type(v).__name__)
@@ -207,34 +207,34 @@ def parse_tcb_info_v2(body: bytes) -> TcbInfoV2:
     """Parse the exact ``tcbInfo`` value of a TCB Info v2 document (SGX, tcbType 0)."""
     check = "dcap.tcb_info.format"
     f = _Fields(_load_json(body, check), check, "tcbInfo")
-    version = f.int("version", 255)
+    version = f.integer("version", 255)
     if version != 2:
         raise MalformedEvidence("dcap.tcb_info.version", "this path handles TCB Info v2 only",
                                 expected=2, actual=version)
     if f.obj.get("id", "SGX") != "SGX":  # v2 has no "id"; some caches add it
         raise TcbMismatch("dcap.tcb_info.type", "TCB Info is not for SGX", expected="SGX",
                           actual=repr(f.obj.get("id"))[:40])
-    if (tcb_type := f.int("tcbType", 2**32 - 1)) != 0:
+    if (tcb_type := f.integer("tcbType", 2**32 - 1)) != 0:
         raise MalformedEvidence(check, "unknown tcbType (component layout)", expected=0,
                                 actual=tcb_type)
     levels = []
-    for i, raw in enumerate(f.list("tcbLevels")):
+    for i, raw in enumerate(f.items("tcbLevels")):
         lf = _Fields(raw, check, f"tcbInfo.tcbLevels[{i}]")
-        tf = _Fields(lf._get("tcb"), check, f"tcbInfo.tcbLevels[{i}].tcb")
+        tf = _Fields(lf.value("tcb"), check, f"tcbInfo.tcbLevels[{i}].tcb")
         levels.append(TcbLevel(
-            components=tuple(tf.int(f"sgxtcbcomp{n:02d}svn", 255)
+            components=tuple(tf.integer(f"sgxtcbcomp{n:02d}svn", 255)
                              for n in range(1, COMPONENTS + 1)),
-            pce_svn=tf.int("pcesvn", 0xFFFF),
+            pce_svn=tf.integer("pcesvn", 0xFFFF),
             status=lf.status("tcbStatus"),
-            tcb_date=lf.str("tcbDate"),
+            tcb_date=lf.text("tcbDate"),
             advisory_ids=lf.advisories(),
         ))
     return TcbInfoV2(
         issue_date=f.date("issueDate"),
         next_update=f.date("nextUpdate"),
-        fmspc=f.hex("fmspc", 6),
-        pce_id=f.hex("pceId", 2),
-        tcb_evaluation_data_number=f.int("tcbEvaluationDataNumber", 2**32 - 1),
+        fmspc=f.hexbytes("fmspc", 6),
+        pce_id=f.hexbytes("pceId", 2),
+        tcb_evaluation_data_number=f.integer("tcbEvaluationDataNumber", 2**32 - 1),
         levels=tuple(levels),
     )
 
@@ -244,23 +244,23 @@ def parse_qe_identity(body: bytes) -> QeIdentity:
     check = "dcap.qe_identity.format"
     f = _Fields(_load_json(body, check), check, "enclaveIdentity")
     levels = []
-    for i, raw in enumerate(f.list("tcbLevels")):
+    for i, raw in enumerate(f.items("tcbLevels")):
         lf = _Fields(raw, check, f"enclaveIdentity.tcbLevels[{i}]")
-        tf = _Fields(lf._get("tcb"), check, f"enclaveIdentity.tcbLevels[{i}].tcb")
-        levels.append(QeTcbLevel(tf.int("isvsvn", 0xFFFF), lf.status("tcbStatus"),
+        tf = _Fields(lf.value("tcb"), check, f"enclaveIdentity.tcbLevels[{i}].tcb")
+        levels.append(QeTcbLevel(tf.integer("isvsvn", 0xFFFF), lf.status("tcbStatus"),
                                  lf.advisories()))
     return QeIdentity(
-        id=f.str("id"),
-        version=f.int("version", 255),
+        id=f.text("id"),
+        version=f.integer("version", 255),
         issue_date=f.date("issueDate"),
         next_update=f.date("nextUpdate"),
         # dcap-qvl reads the 4 hex bytes as a little-endian u32, like REPORT.MISCSELECT.
-        miscselect=int.from_bytes(f.hex("miscselect", 4), "little"),
-        miscselect_mask=int.from_bytes(f.hex("miscselectMask", 4), "little"),
-        attributes=f.hex("attributes", 16),
-        attributes_mask=f.hex("attributesMask", 16),
-        mrsigner=f.hex("mrsigner", 32),
-        isv_prod_id=f.int("isvprodid", 0xFFFF),
+        miscselect=int.from_bytes(f.hexbytes("miscselect", 4), "little"),
+        miscselect_mask=int.from_bytes(f.hexbytes("miscselectMask", 4), "little"),
+        attributes=f.hexbytes("attributes", 16),
+        attributes_mask=f.hexbytes("attributesMask", 16),
+        mrsigner=f.hexbytes("mrsigner", 32),
+        isv_prod_id=f.integer("isvprodid", 0xFFFF),
         levels=tuple(levels),
     )
 
@@ -303,8 +303,12 @@ def match_qe_level(levels: Sequence[QeTcbLevel], isv_svn: int) -> QeTcbLevel:
 def merge_status(
     platform: tuple[str, Sequence[str]], qe: tuple[str, Sequence[str]]
 ) -> tuple[str, tuple[str, ...]]:
-    """dcap-qvl's merge: the worse status; platform advisories first, then new QE ones."""
+    """dcap-qvl's merge: the worse status; platform advisories first, then new QE ones.
+    A Revoked result is refused (dcap-qvl accepts every other status, OutOfDate included)."""
     status = qe[0] if SEVERITY[qe[0]] > SEVERITY[platform[0]] else platform[0]
+    if status == "Revoked":
+        raise TcbMismatch("dcap.tcb.revoked", "TCB status is invalid: Revoked",
+                          expected="not Revoked", actual={"platform": platform[0], "qe": qe[0]})
     advisories = list(platform[1])
     advisories += [a for a in dict.fromkeys(qe[1]) if a not in advisories]
     return status, tuple(advisories)
@@ -547,18 +551,19 @@ def verify_sgx_tcb_info_v2(
 
     fmspc, pce_id = bytes(ext.fmspc), bytes(ext.pce_id)
     if fmspc != info.fmspc:
-        raise TcbMismatch("dcap.tcb_info.fmspc", "Fmspc mismatch", expected=fmspc,
+        raise TcbMismatch("dcap.tcb_info.fmspc",
+                          "Fmspc mismatch: the TCB Info's FMSPC is not the PCK certificate's",
+                          expected=fmspc,
                           actual=info.fmspc, hint="the TCB Info is for a different platform "
                           "(FMSPC); fetch it for the quote's FMSPC")
     if pce_id != info.pce_id:
-        raise TcbMismatch("dcap.tcb_info.pce_id", "PCE ID mismatch", expected=pce_id,
+        raise TcbMismatch("dcap.tcb_info.pce_id",
+                          "PCE ID mismatch: the TCB Info's PCE ID is not the PCK certificate's",
+                          expected=pce_id,
                           actual=info.pce_id)
     level = match_tcb_level(info.levels, bytes(ext.cpu_svn), int(ext.pce_svn))
     status, advisories = merge_status((level.status, level.advisory_ids),
                                       (qe_level.status, qe_level.advisory_ids))
-    if status == "Revoked":
-        raise TcbMismatch("dcap.tcb.revoked", "TCB status is invalid: Revoked",
-                          expected="not Revoked", actual=status)
     if parsed.report.debug:
         raise AttestationError("dcap.report.debug", "Debug mode is enabled",
                                hint="debug enclaves/TDs are not confidential; rebuild without "
