@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up, then run the bundled hello-world workload on the nil backend
+#   make demo   set up, run the bundled hello-world workload, then the attestation flow on sim
 #   make test   set up (incl. guest toolchains), then lint and run every test
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ toolchains: setup
 	@VENV=$(VENV) bash scripts/install-toolchains.sh
 
 demo: setup
-	$(BIN)/enarx run --backend nil examples/hello/hello.wasm
+	@ENARX=$(BIN)/enarx bash scripts/demo.sh
 
 lint: setup
 	$(BIN)/ruff check src tests bench

@@ -14,6 +14,8 @@ from dcap_support import DCAP, DcapVector, load_dcap
 
 from enarx.cli.attest import attest
 
+from vectors import vector_dir
+
 VALID = [(k, n) for k, n in DCAP if n not in ("gotdxguest-tdx-v4", "dcapqvl-tdx-v5-nomatch",
                                               "dcaprs-sgx-v3")]
 
@@ -149,7 +151,20 @@ def test_subprocess_sim_report_then_verify(enarx, tmp_path: Path) -> None:  # ty
                 env=env)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
     assert json.loads(res.stdout)["report_data"] == rd + "00" * 32  # zero-padded to 64 bytes
+    assert b"not an AMD/Intel root" in res.stderr  # a test root is loud too
     # Without the sim root the chain does not lead to an AMD root.
     res = enarx("attest", "verify", out, "--platform", "snp", "--cert", f"{out}.vcek.pem",
                 "--chain", f"{out}.chain.pem", "--json", env=env)
     assert res.returncode == 4
+
+
+def test_shipped_root_as_trust_root_is_quiet(enarx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from enarx.attestation.roots import amd_ark
+
+    folder = vector_dir("snp", "ms-milan-v3")
+    ark = tmp_path / "ark.pem"
+    ark.write_bytes(amd_ark("Milan"))
+    res = enarx("attest", "verify", folder / "report.bin", "--platform", "snp", "--cert",
+                folder / "vcek.pem", "--trust-root", ark, "--json")
+    assert res.returncode == 0, res.stdout
+    assert b"warning" not in res.stderr

@@ -108,12 +108,24 @@ def verify(evidence: str, platform_: str, cert: str | None, chain: str | None,
     except EnarxError as e:
         _fail(e, as_json)
         return
+    if trust_root:
+        _warn_test_root(trust_root)
     if as_json:
         from enarx.cli.output import print_json
 
         print_json(result.to_dict())
         return
     _render(result)
+
+
+def _warn_test_root(path: str) -> None:
+    """A root the user supplied is a test root unless it is a shipped vendor root: say so."""
+    from enarx.attestation.roots import is_vendor_root
+    from enarx.cli.output import warn
+
+    if not is_vendor_root(Path(path).read_bytes()):
+        warn(f"verified against --trust-root {path}, which is not an AMD/Intel root: "
+             "this proves nothing about real hardware")
 
 
 def _verify(evidence: str, platform_: str, cert: str | None, chain: str | None,

@@ -85,7 +85,7 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
     if ctx is not None:
         ident = tls.keep_identity()
         kind = "self-signed, one-time key" if ident.self_signed else "issued to this Keep"
-        _say(f"enarx: {where}: certificate ({kind}) SHA256 Fingerprint={ident.fingerprint()}")
+        _say(f"enarx: {where}: certificate ({kind}) sha256 Fingerprint={ident.fingerprint()}")
         _say(f"enarx: {where}: public key pin {ident.spki_pin()}")
         if entry.client_ca is not None:
             _say(f"enarx: {where}: clients must present a certificate from {entry.client_ca}")

@@ -168,12 +168,13 @@ class _Fields:
         v = self.text(key)
         try:
             d = dt.datetime.fromisoformat(v)
-        except ValueError:
+            d = d.astimezone(dt.UTC) if d.tzinfo is not None else None
+        except (ValueError, OverflowError):  # overflow: year 1 or 9999 shifted across UTC
             d = None
-        if d is None or d.tzinfo is None:
+        if d is None:
             raise MalformedEvidence(self.check, f"{self.where}.{key} must be an RFC 3339 time",
                                     expected="e.g. 2025-02-13T03:29:42Z", actual=v[:40])
-        return d.astimezone(dt.UTC)
+        return d
 
     def status(self, key: str) -> str:
         v = self.text(key)

@@ -50,3 +50,21 @@ def _dir(product: str) -> str:
     if product not in AMD_PRODUCTS:
         raise KeyError(f"no shipped AMD roots for product {product!r}")
     return product.lower()
+
+
+def is_vendor_root(pem_or_der: bytes) -> bool:
+    """Whether a certificate is one of the shipped vendor roots (byte-equal DER)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    def der(data: bytes) -> bytes:
+        if b"-----BEGIN" in data:
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        return x509.load_der_x509_certificate(data).public_bytes(Encoding.DER)
+
+    try:
+        candidate = der(pem_or_der)
+    except ValueError:
+        return False
+    shipped = [amd_ark(p) for p in AMD_PRODUCTS] + [intel_sgx_root()]
+    return any(der(s) == candidate for s in shipped)
