@@ -29,10 +29,28 @@ from pydantic import (
     model_validator,
 )
 
-from enarx.errors import ConfigError, UsageError
+from enarx.errors import ConfigError
+from enarx.flags import (  # re-exported: the light helpers live in enarx.flags
+    DEFAULT_MAX_MEMORY,
+    DEFAULT_TIMEOUT,
+    RESERVED_ENV,
+    SIZE_RE,
+    check_env_key,
+    fd_environment,
+    file_name,
+    parse_dir_spec,
+    parse_env_flag,
+    parse_size,
+)
 
-DEFAULT_MAX_MEMORY = 4 << 30  # the whole 32-bit address space: limits are opt-in
-DEFAULT_TIMEOUT: float | None = None
+__all__ = [
+    "RESERVED_ENV",
+    "SIZE_RE",
+    "check_env_key",
+    "file_name",
+    "parse_env_flag",
+    "parse_size",
+]
 
 
 class _Strict(BaseModel):
@@ -129,32 +147,6 @@ File = Annotated[
 ]
 
 
-def file_name(f: Any) -> str:
-    """The name an entry gets in FD_NAMES (upstream defaults: kind, or host for connect)."""
-    if isinstance(f, ConnectFile):
-        return f.effective_name
-    if isinstance(f, DirFile):
-        return f.name or f.guest_path
-    return f.name or f.kind
-
-
-SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-
-
-def parse_size(value: str | int) -> int:
-    """``64M`` / ``1GiB`` / ``65536`` -> bytes. Raises ValueError with the accepted forms."""
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError("size must not be negative")
-        return value
-    m = SIZE_RE.match(value)
-    if not m:
-        raise ValueError(f"invalid size {value!r}: use bytes or a K/M/G/T suffix, e.g. 64M")
-    n, unit = int(m.group(1)), (m.group(2) or "").lower()
-    shift = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40}[unit[:1] if unit != "b" else "b"]
-    return n << shift
-
-
 class Limits(_Strict):
     max_memory: int = DEFAULT_MAX_MEMORY
     timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
@@ -166,17 +158,6 @@ class Limits(_Strict):
         if isinstance(v, bool) or not isinstance(v, str | int):
             raise ValueError("max_memory must be a size such as 64M or a byte count")
         return parse_size(v)
-
-
-RESERVED_ENV = frozenset({"FD_COUNT", "FD_NAMES"})
-
-
-def check_env_key(key: str) -> str:
-    if not key or "=" in key or "\0" in key:
-        raise ValueError(f"invalid environment variable name {key!r}")
-    if key in RESERVED_ENV:
-        raise ValueError(f"{key} is set by enarx from [[files]] and cannot be overridden")
-    return key
 
 
 EnvKey = Annotated[str, AfterValidator(check_env_key)]
@@ -198,8 +179,7 @@ class Config(_Strict):
 
     def fd_environment(self) -> dict[str, str]:
         """FD_COUNT and FD_NAMES, set before the user's env (which may not override them)."""
-        names = [file_name(f) for f in self.effective_files]
-        return {"FD_COUNT": str(len(names)), "FD_NAMES": ":".join(names)}
+        return fd_environment(self.effective_files)
 
 
 _CONFIG = TypeAdapter(Config)
@@ -306,27 +286,8 @@ def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
 
 def parse_dir_flag(value: str) -> DirFile:
     """``--dir HOST[::GUEST][:ro]`` (wasmtime's syntax plus a read-only suffix)."""
-    readonly = False
-    spec = value
-    if spec.endswith(":ro"):
-        readonly, spec = True, spec[: -len(":ro")]
-    elif spec.endswith(":rw"):
-        spec = spec[: -len(":rw")]
-    host, sep, guest = spec.partition("::")
-    if not host or (sep and not guest):
-        raise UsageError(f"invalid --dir {value!r}", hint="use --dir HOST[::GUEST][:ro]")
-    return DirFile(kind="dir", host=host, guest=guest or None, readonly=readonly)
-
-
-def parse_env_flag(value: str) -> tuple[str, str]:
-    key, sep, val = value.partition("=")
-    try:
-        if not sep:
-            raise ValueError("missing '='")
-        check_env_key(key)
-    except ValueError as e:
-        raise UsageError(f"invalid --env {value!r}: {e}", hint="use --env KEY=VALUE") from None
-    return key, val
+    d = parse_dir_spec(value)
+    return DirFile(kind="dir", host=d.host, guest=d.guest, readonly=d.readonly)
 
 
 TEMPLATE = """\

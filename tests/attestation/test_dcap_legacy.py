@@ -149,19 +149,45 @@ def test_tampered_quote_is_rejected(v2: DcapVector, offset: int, check: str) -> 
         assert err.value.expected != err.value.actual
 
 
-def _flip_in_pem_cert(quote: bytes, index: int, from_end: int) -> bytes:
-    """Flip a byte of the index-th embedded certificate's DER, keeping the PEM size."""
+def _edit_pem_cert(quote: bytes, index: int, edit: Any) -> bytes:
+    """Apply ``edit(der: bytearray)`` to the index-th embedded certificate, keeping PEM size."""
     start = -1
     for _ in range(index + 1):
         start = quote.index(b"-----BEGIN CERTIFICATE-----", start + 1)
     end = quote.index(b"-----END CERTIFICATE-----", start)
     body = quote[start + 27 : end]
     der = bytearray(base64.b64decode(b"".join(body.split())))
-    der[len(der) - from_end] ^= 0x01
+    edit(der)
     b64 = base64.b64encode(bytes(der))
     new = b"\n" + b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64)) + b"\n"
     assert len(new) == len(body)
     return quote[: start + 27] + new + quote[end:]
+
+
+def _flip_in_pem_cert(quote: bytes, index: int, from_end: int) -> bytes:
+    def flip(der: bytearray) -> None:
+        der[len(der) - from_end] ^= 0x01
+
+    return _edit_pem_cert(quote, index, flip)
+
+
+def test_pck_certificate_with_an_invalid_version_is_malformed(v2: DcapVector) -> None:
+    """cryptography raises InvalidVersion (not a ValueError) for these; found by fuzzing."""
+    def bad_version(der: bytearray) -> None:
+        i = der.index(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (= X.509 v3)
+        der[i + 4] = 7
+
+    with pytest.raises(MalformedEvidence) as err:
+        v2.verify(_edit_pem_cert(v2.quote, 0, bad_version))
+    assert err.value.check == "dcap.chain.format"
+
+
+def test_crl_with_an_invalid_version_is_malformed(v2: DcapVector) -> None:
+    crl = v2.files["root_ca_crl.der"]
+    assert crl[7:10] == b"\x02\x01\x01"  # version INTEGER 1 (= v2)
+    with pytest.raises(MalformedEvidence) as err:
+        v2.verify(collateral=v2.collateral(root_ca_crl=crl[:9] + b"\x73" + crl[10:]))
+    assert err.value.check == "dcap.crl.format"
 
 
 @pytest.mark.parametrize("index", [0, 1], ids=["pck-leaf", "platform-ca"])
@@ -578,26 +604,36 @@ def test_random_bytes_to_the_parsers_raise_typed_errors(data: bytes) -> None:
             parse(data)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_TARGETS = ["quote", "quote-pem", "tcb_info.json", "qe_identity.json", "pck_crl.der",
+            "root_ca_crl.der", "tcb_info_issuer_chain.pem"]
+
+
+# cryptography warns (and still parses) when a mutated name has an out-of-spec attribute
+# length; such certificates and CRLs are then rejected by the name and signature checks.
+@pytest.mark.filterwarnings("ignore:Attribute's length:UserWarning")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
-def test_mutated_quote_or_tcb_info_raise_only_typed_errors(data: st.DataObject) -> None:
+def test_mutated_quote_or_collateral_raise_only_typed_errors(data: st.DataObject) -> None:
+    from enarx.attestation.dcap import Collateral
+
     v = load_dcap("sgx", "dcaprs-sgx-v3")
-    target = data.draw(st.sampled_from(["quote", "tcb_info.json", "qe_identity.json"]))
-    blob = bytearray(v.quote if target == "quote" else v.files[target])
+    target = data.draw(st.sampled_from(_TARGETS))
+    blob = bytearray(v.quote if target.startswith("quote") else v.files[target])
+    # "quote-pem" aims at the embedded PCK chain, where most of the parsing happens.
+    low = v.quote.index(b"-----BEGIN") if target == "quote-pem" else 0
     for _ in range(data.draw(st.integers(1, 8))):
-        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+        blob[data.draw(st.integers(low, len(blob) - 1))] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(blob)))
     quote, files = v.quote, dict(v.files)
-    if target == "quote":
-        quote = bytes(blob[:cut])
+    if target.startswith("quote"):
+        quote = bytes(blob if target == "quote-pem" else blob[:cut])
     else:
         files[target] = bytes(blob if data.draw(st.booleans()) else blob[:cut])
     try:
-        from enarx.attestation.dcap import Collateral
-
         ev = verify_quote(quote, Collateral.from_files(files), at=v.verify_at)
     except AttestationError:
         return
-    # Survivors changed only bytes nobody signs (trailing padding, PEM whitespace, hex case...).
+    # Survivors changed only bytes nobody signs (trailing padding, PEM text around the DER,
+    # hex case of a signature, the quote's copy of the root...).
     assert ev.report_data == parse_quote(v.quote).report.report_data
     assert ev.tcb.status is TcbStatus.OUT_OF_DATE

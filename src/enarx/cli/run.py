@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from enarx.config import DEFAULT_MAX_MEMORY, parse_size
 from enarx.errors import ConfigError, UsageError, WorkloadNotFound
+from enarx.flags import DEFAULT_MAX_MEMORY, parse_size
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -87,18 +87,17 @@ def run(
       enarx run --dir ./data::/data --env MODE=fast app.wasm input.json
       enarx run --wasmcfgfile Enarx.toml --max-memory 256M --timeout 30 app.wasm
     """
-    from enarx import config as cfg
     from enarx import platform
     from enarx.cli.output import warn
+    from enarx.flags import DEFAULT_TIMEOUT, parse_dir_spec, parse_env_flag
     from enarx.keep.agent import Workload, run_workload
     from enarx.runtime.cache import ModuleCache
     from enarx.runtime.run import RunLimits
 
+    # No Enarx.toml: conf is None and nothing imports the config model (start-up time).
     conf, base_dir = _load_config(wasmcfgfile)
-    extra_dirs = [cfg.parse_dir_flag(d) for d in dirs]
-    extra_env = [cfg.parse_env_flag(e) for e in envs]
-    if extra_dirs:
-        conf = conf.model_copy(update={"files": [*conf.effective_files, *extra_dirs]})
+    extra_dirs = [parse_dir_spec(d) for d in dirs]
+    extra_env = [parse_env_flag(e) for e in envs]
     try:
         wasm = module.read_bytes()
     except FileNotFoundError:
@@ -110,9 +109,11 @@ def run(
     if chosen.warning:
         warn(chosen.warning)
     limits = RunLimits(
-        max_memory=max_memory if max_memory is not None else conf.limits.max_memory,
-        timeout=timeout if timeout is not None else conf.limits.timeout,
-        fuel=fuel if fuel is not None else conf.limits.fuel,
+        max_memory=max_memory
+        if max_memory is not None
+        else (conf.limits.max_memory if conf else DEFAULT_MAX_MEMORY),
+        timeout=timeout if timeout is not None else (conf.limits.timeout if conf else DEFAULT_TIMEOUT),
+        fuel=fuel if fuel is not None else (conf.limits.fuel if conf else None),
     )
     if limits.max_memory > DEFAULT_MAX_MEMORY:
         raise UsageError("--max-memory above 4G is meaningless for wasm32", hint="use 4G or less")
@@ -121,6 +122,7 @@ def run(
         Workload(wasm=wasm, argv0=module.name),
         conf,
         chosen,
+        extra_dirs=extra_dirs,
         extra_args=args,
         extra_env=extra_env,
         limits=limits,
@@ -133,11 +135,11 @@ def run(
 
 
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]
-    """Enarx.toml, or the upstream default (stdio only). Relative dirs resolve next to it."""
+    """Enarx.toml (or None: the upstream default, stdio only). Relative dirs resolve next to it."""
+    if path is None:
+        return None, "."
     from enarx import config as cfg
 
-    if path is None:
-        return cfg.Config(), "."
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

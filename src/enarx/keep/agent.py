@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from enarx.config import Config
-from enarx.platform.base import Backend
+from enarx.flags import DEFAULT_FILES, fd_environment
 from enarx.runtime.cache import ModuleCache
 from enarx.runtime.engine import compile_module
 from enarx.runtime.run import RunLimits, run
+
+if TYPE_CHECKING:  # the config model (pydantic) is not imported for a run without Enarx.toml
+    from enarx.config import Config
+    from enarx.platform.base import Backend
 
 
 @dataclass
@@ -24,9 +28,10 @@ class Workload:
 
 def run_workload(
     workload: Workload,
-    config: Config,
+    config: Config | None,
     backend: Backend,
     *,
+    extra_dirs: Sequence[Any] = (),
     extra_args: Sequence[str] = (),
     extra_env: Sequence[tuple[str, str]] = (),
     limits: RunLimits,
@@ -40,12 +45,17 @@ def run_workload(
     from enarx.wasi.host import WasiHost
 
     module = compile_module(workload.wasm, limits.settings, cache=cache, on_compile=on_compile)
-    files = config.effective_files
+    # No config: stdio as fds 0-2 (upstream's default); --dir pre-opens follow the files.
+    files = [*(config.effective_files if config else DEFAULT_FILES), *extra_dirs]
     fds = open_files(files, stdio=stdio, base_dir=base_dir)
     # FD_COUNT/FD_NAMES come first (config validation refuses user values for them);
     # --env flags override Enarx.toml's env.
-    env = {**(config.fd_environment() if fd_env else {}), **config.env, **dict(extra_env)}
-    args = [workload.argv0, *config.args, *extra_args]
+    env = {
+        **(fd_environment(files) if fd_env else {}),
+        **(config.env if config else {}),
+        **dict(extra_env),
+    }
+    args = [workload.argv0, *(config.args if config else ()), *extra_args]
     host = WasiHost(
         args=[a.encode() for a in args],
         env=[(k.encode(), v.encode()) for k, v in env.items()],

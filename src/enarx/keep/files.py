@@ -10,49 +10,45 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from enarx.config import (
-    ConnectFile,
-    DirFile,
-    ListenFile,
-    NullFile,
-    StderrFile,
-    StdinFile,
-    StdoutFile,
-    file_name,
-)
 from enarx.errors import ResourceError
+from enarx.flags import file_name
 from enarx.wasi.fdtable import DirHandle, FdTable, NullHandle, StdioHandle
 
 
 def open_files(
     files: Sequence[Any], *, stdio: tuple[int, int, int] = (0, 1, 2), base_dir: str = "."
 ) -> FdTable:
-    """Build the fd table; relative ``dir`` host paths resolve against ``base_dir``."""
+    """Build the fd table; relative ``dir`` host paths resolve against ``base_dir``.
+
+    Entries are dispatched on ``kind``, so Enarx.toml models and the light specs of
+    :mod:`enarx.flags` (``enarx run`` without a config: no pydantic import) both work.
+    """
     table = FdTable()
     for index, f in enumerate(files):
         where = f"files[{index}] ({file_name(f)})"
-        if isinstance(f, StdinFile):
+        kind = f.kind
+        if kind == "stdin":
             table.add(StdioHandle(stdio[0]))
-        elif isinstance(f, StdoutFile):
+        elif kind == "stdout":
             table.add(StdioHandle(stdio[1]))
-        elif isinstance(f, StderrFile):
+        elif kind == "stderr":
             table.add(StdioHandle(stdio[2]))
-        elif isinstance(f, NullFile):
+        elif kind == "null":
             table.add(NullHandle())
-        elif isinstance(f, DirFile):
+        elif kind == "dir":
             host = os.path.join(base_dir, os.path.expanduser(f.host))
             try:
                 table.add(DirHandle.preopen(host, f.guest_path, readonly=f.readonly))
             except ResourceError as e:
                 raise ResourceError(f"{where}: {e.message}", hint=e.hint) from None
-        elif isinstance(f, ListenFile | ConnectFile):
+        elif kind in ("listen", "connect"):
             table.add(_open_socket(f, where, base_dir))
         else:  # pragma: no cover - the config model admits no other kind
             raise ResourceError(f"{where}: unsupported kind {f.kind!r}")
     return table
 
 
-def _open_socket(f: ListenFile | ConnectFile, where: str, base_dir: str) -> Any:
+def _open_socket(f: Any, where: str, base_dir: str) -> Any:
     try:
         from enarx.keep import sockets
     except ImportError:

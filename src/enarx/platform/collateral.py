@@ -284,11 +284,11 @@ def _der_crl(body: bytes, what: str) -> bytes:
     for candidate in candidates:
         try:
             return x509.load_der_x509_crl(candidate).public_bytes(_der())
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             pass
     try:
         return x509.load_pem_x509_crl(body).public_bytes(_der())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise CollateralFetchError(f"{what}: the response is not a CRL") from None
 
 

@@ -31,7 +31,8 @@ from enarx.wasi.fdtable import Handle
 #: Returns seconds left before the run's deadline (None: none); raises once it is past.
 DeadlineCheck = Callable[[], float | None]
 
-_TLS_CHUNK = 16384  # one TLS record: the unit kept when OpenSSL cannot flush
+_TLS_RECORD = 16384  # the largest TLS plaintext record
+_TLS_CHUNK = 65536  # per SSL_write; the most kept (copied) when OpenSSL cannot flush
 _SLICE = 1.0  # seconds per blocking wait slice when a deadline is set
 
 
@@ -45,6 +46,7 @@ class _SocketBase(Handle):
         self.sock = sock
         self.fdflags = fdflags
         self.deadline_check: DeadlineCheck | None = None
+        self._pollers: dict[bool, select.poll] = {}  # reused: one per direction
 
     def attach_deadline(self, check: DeadlineCheck) -> None:
         """Called by the WASI host so blocking waits end at the run's deadline."""
@@ -66,11 +68,13 @@ class _SocketBase(Handle):
         """Block until the host socket is ready, or raise AGAIN for a non-blocking fd."""
         if self.nonblocking:
             raise WasiError(Errno.AGAIN)
-        fd = self.sock.fileno()
-        if fd < 0:
-            raise WasiError(Errno.BADF)
-        poller = select.poll()
-        poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        poller = self._pollers.get(write)
+        if poller is None:
+            fd = self.sock.fileno()
+            if fd < 0:
+                raise WasiError(Errno.BADF)
+            poller = self._pollers[write] = select.poll()
+            poller.register(fd, select.POLLOUT if write else select.POLLIN)
         while True:
             left = self.deadline_check() if self.deadline_check else None
             timeout = None if left is None else max(1, int(min(left, _SLICE) * 1000))
@@ -298,9 +302,15 @@ class TlsStream(_SocketBase):
             buf = next((b for b in bufs if len(b)), None)
             if buf is None:
                 return 0
-        n = self._retry(lambda: self.tls.recv_into(buf))
-        # Drain records that are already here, so one guest read can span several.
-        while 0 < n < len(buf):
+        n = -1
+        if self._handshaken:
+            # Fast path; anything unusual is redone (and mapped) by _retry.
+            with contextlib.suppress(ssl.SSLError, OSError):
+                n = self.tls.recv_into(buf)
+        if n < 0:
+            n = self._retry(lambda: self.tls.recv_into(buf))
+        # A full record suggests a bulk transfer: take the records already here too.
+        while n % _TLS_RECORD == 0 and 0 < n < len(buf):
             try:
                 k = self.tls.recv_into(buf[n:])
             except (ssl.SSLError, OSError):
@@ -327,7 +337,7 @@ class TlsStream(_SocketBase):
         if riflags & abi.RIFLAG_RECV_PEEK:
             want = sum(len(b) for b in bufs)
             if not self._peeked and not self._rd_shut:
-                tmp = bytearray(max(1, min(want, _TLS_CHUNK)))
+                tmp = bytearray(max(1, min(want, _TLS_RECORD)))
                 n = self._retry(lambda: self.tls.recv_into(tmp))
                 self._peeked = bytes(tmp[:n])
             data, n = self._peeked, 0

@@ -98,7 +98,7 @@ def _der(data: bytes, field: str) -> bytes:
     if data.lstrip().startswith(b"-----BEGIN X509 CRL-----"):
         try:
             return x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise _bad(field, f"bad PEM CRL: {e}") from None
     if data[:1] == b"\x30":
         return data

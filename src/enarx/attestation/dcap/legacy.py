@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -354,7 +354,7 @@ def _load_crls(collateral: Collateral) -> list[x509.CertificateRevocationList]:
     for field in ("pck_crl", "root_ca_crl"):
         try:
             crls.append(x509.load_der_x509_crl(_der(getattr(collateral, field), field)))
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise MalformedEvidence("dcap.crl.format", f"{field} does not parse: {e}") from None
     return crls
 
@@ -371,7 +371,7 @@ def _check_revocation(cert: x509.Certificate, issuer: x509.Certificate,
     for crl in mine:
         try:
             ok = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-        except TypeError:
+        except (TypeError, UnsupportedAlgorithm):
             ok = False
         if not ok:
             raise ChainInvalid("dcap.crl.signature",
@@ -396,10 +396,19 @@ def verify_chain(certs: Sequence[x509.Certificate], root: x509.Certificate,
                  what: str) -> None:
     """``certs`` (leaf first, optionally ending in the root) must chain to ``root`` at ``at``,
     with no certificate (the root included) revoked."""
-    root_der = root.public_bytes(Encoding.DER)
-    path = list(certs)
+    try:
+        _verify_chain(list(certs), root, crls, at, what)
+    # cryptography parses names, keys, extensions and CRL entries lazily.
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise MalformedEvidence("dcap.chain.format", f"{what}: {e}") from None
+
+
+def _verify_chain(path: list[x509.Certificate], root: x509.Certificate,
+                  crls: Sequence[x509.CertificateRevocationList], at: dt.datetime,
+                  what: str) -> None:
     if not path:
         raise MalformedEvidence("dcap.chain.format", f"{what} has no certificate")
+    root_der = root.public_bytes(Encoding.DER)
     last = path[-1]
     if last.issuer == last.subject:
         der = last.public_bytes(Encoding.DER)
@@ -412,15 +421,12 @@ def verify_chain(certs: Sequence[x509.Certificate], root: x509.Certificate,
             )
         path.pop()
     path.append(root)
-    try:
-        for cert in path:
-            _window(cert.not_valid_before_utc, cert.not_valid_after_utc, at,
-                    cert.subject.rfc4514_string(), "dcap.chain")
-        for cert, issuer in zip(path, [*path[1:], root], strict=True):
-            _check_issued_by(cert, issuer, root, what)
-            _check_revocation(cert, issuer, crls, at)
-    except ValueError as e:  # lazily parsed extensions or CRL entries
-        raise MalformedEvidence("dcap.chain.format", f"{what}: {e}") from None
+    for cert in path:
+        _window(cert.not_valid_before_utc, cert.not_valid_after_utc, at,
+                cert.subject.rfc4514_string(), "dcap.chain")
+    for cert, issuer in zip(path, [*path[1:], root], strict=True):
+        _check_issued_by(cert, issuer, root, what)
+        _check_revocation(cert, issuer, crls, at)
 
 
 def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, root: x509.Certificate,
@@ -433,7 +439,7 @@ def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, root: x50
                            actual=cert.issuer.rfc4514_string())
     try:
         cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError):
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         raise ChainInvalid("dcap.chain.signature",
                            f"{what}: signature of {name} does not verify") from None
     try:
@@ -453,7 +459,7 @@ def _check_signed(body: bytes, sig: bytes, field: str, chain_pem: bytes,
     verify_chain(certs, root, crls, at, f"{field} issuer chain")
     try:
         signer_key = certs[0].public_key()
-    except ValueError as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise MalformedEvidence("dcap.chain.format", f"{field} signer key: {e}") from None
     _p256_verify(signer_key, body, sig, f"dcap.{field}.signature", field)
 
@@ -530,7 +536,7 @@ def verify_sgx_tcb_info_v2(
         raise MalformedEvidence("dcap.quote.format", "QE report is not where quote v3 puts it")
     try:
         pck_key = certs[0].public_key()
-    except ValueError as e:
+    except (ValueError, UnsupportedAlgorithm) as e:
         raise MalformedEvidence("dcap.pck.format", f"PCK public key: {e}") from None
     _p256_verify(pck_key, qe_raw, parsed.sig.qe_report_signature, "dcap.qe_report.signature",
                  "QE report")

@@ -65,7 +65,7 @@ def _root_der(data: bytes) -> bytes:
 def _pem_certs(data: bytes, check: str) -> list[x509.Certificate]:
     try:
         return x509.load_pem_x509_certificates(data)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:  # InvalidVersion is not a ValueError
         raise MalformedEvidence(check, f"certificate chain does not parse: {e}") from None
 
 
