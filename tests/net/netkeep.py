@@ -11,6 +11,7 @@ import hashlib
 import os
 import queue
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -44,6 +45,16 @@ def guest(name: str) -> Path:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"toolchain missing: {e}")
+
+
+def need_tool(name: str) -> str:
+    """Path of a client binary (openssl, curl); skip without it, fail under CI."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} not installed (scripts/install-toolchains.sh)")
+        pytest.skip(f"{name} not installed (scripts/install-toolchains.sh)")
+    return path
 
 
 def toml(*entries: str, stdio: bool = True) -> str:
@@ -175,19 +186,21 @@ class Keep:
         except subprocess.TimeoutExpired:
             self.kill()
             self.fail(f"the Keep did not exit within {timeout}s")
-        self.stdout.join(5)
-        self.stderr.join(5)
+        self.kill()  # the process is gone: this joins the readers and closes the pipes
         return rc, self.stdout.text, self.stderr.text
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self.stdout.join(5)
+        self.stderr.join(5)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
     def fail(self, why: str) -> None:
         self.kill()
-        self.stdout.join(5)
-        self.stderr.join(5)
         pytest.fail(f"{why}\n--- stdout\n{self.stdout.text}\n--- stderr\n{self.stderr.text}")
 
 

@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from netkeep import IO_TIMEOUT, StartKeep, guest, toml
-
-from conftest import Pki
+from netkeep import IO_TIMEOUT, StartKeep, guest, need_tool, toml
+from netpki import Pki
 
 
 def connect(name: str, host: str, port: int, prot: str, extra: str = "") -> str:
@@ -111,7 +110,7 @@ def test_connect_tls_presents_the_keep_certificate(
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     srv = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-rev",
+        [need_tool("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-naccept", "1", "-rev",
          "-cert", str(pki.server_cert), "-key", str(pki.server_key), "-verify", "1"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip

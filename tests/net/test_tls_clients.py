@@ -15,7 +15,16 @@ from contextlib import contextmanager
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from netkeep import IO_TIMEOUT, Keep, StartKeep, guest, listen, pinning_context, toml
+from netkeep import (
+    IO_TIMEOUT,
+    Keep,
+    StartKeep,
+    guest,
+    listen,
+    need_tool,
+    pinning_context,
+    toml,
+)
 from netpki import Pki, make_pki
 
 MARKER = b"PLAINTEXT-MARKER-5f3a9c"
@@ -31,7 +40,7 @@ def test_openssl_s_client_sees_tls13_and_the_pinned_certificate(start_keep: Star
     keep = two_listeners(start_keep, 1)
     host, port = keep.addr("web")
     r = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{host}:{port}", "-ign_eof"],
+        [need_tool("openssl"), "s_client", "-connect", f"{host}:{port}", "-ign_eof"],
         input=MARKER + b"\n", capture_output=True, timeout=IO_TIMEOUT,
     )  # fmt: skip
     out = r.stdout.decode()
@@ -57,7 +66,7 @@ def test_openssl_s_client_tls12_is_refused(start_keep: StartKeep) -> None:
     keep = two_listeners(start_keep, 2)
     host, port = keep.addr("web")
     r = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_2"],
+        [need_tool("openssl"), "s_client", "-connect", f"{host}:{port}", "-tls1_2"],
         input=b"x\n", capture_output=True, timeout=IO_TIMEOUT,
     )  # fmt: skip
     assert r.returncode != 0
@@ -74,7 +83,7 @@ def test_curl_with_pinned_public_key(start_keep: StartKeep) -> None:
     keep = two_listeners(start_keep, 2)
     host, port = keep.addr("web")
     url = f"https://{host}:{port}/"
-    base = ["curl", "--silent", "--show-error", "--http0.9", "--tlsv1.3", "-k"]
+    base = [need_tool("curl"), "--silent", "--show-error", "--http0.9", "--tlsv1.3", "-k"]
     wrong = "sha256//" + "A" * 43 + "="
     bad = subprocess.run([*base, "--pinnedpubkey", wrong, url], capture_output=True, timeout=30)
     assert bad.returncode == 90, bad.stderr  # CURLE_SSL_PINNEDPUBKEYNOTMATCH
@@ -97,11 +106,13 @@ class Relay:
         self.ls = socket.create_server(("127.0.0.1", 0))
         self.port = self.ls.getsockname()[1]
         self.threads: list[threading.Thread] = []
+        self.socks: list[socket.socket] = []
 
     def serve_one(self) -> None:
         self.ls.settimeout(IO_TIMEOUT)
         client, _ = self.ls.accept()
         upstream = socket.create_connection(self.target, timeout=IO_TIMEOUT)
+        self.socks += [client, upstream]
         for src, dst, log in ((client, upstream, self.up), (upstream, client, self.down)):
             t = threading.Thread(target=self._pump, args=(src, dst, log), daemon=True)
             t.start()
@@ -120,7 +131,8 @@ class Relay:
     def join(self) -> None:
         for t in self.threads:
             t.join(IO_TIMEOUT)
-        self.ls.close()
+        for s in (*self.socks, self.ls):
+            s.close()
 
 
 @contextmanager

@@ -17,10 +17,13 @@ from enarx.runtime.cache import ModuleCache
 @dataclass(frozen=True)
 class EngineSettings:
     fuel: bool = False
+    #: Epoch checks (for --timeout) cost a load and compare on every loop back-edge:
+    #: only compiled in when a deadline is set.
+    epoch: bool = False
 
     def describe(self) -> str:
         # Anything that changes generated code must be part of the cache key.
-        return f"epoch=1;fuel={int(self.fuel)};opt=speed"
+        return f"epoch={int(self.epoch)};fuel={int(self.fuel)};opt=speed"
 
 
 @cache
@@ -42,7 +45,7 @@ def wasmtime_version() -> str:
 @cache
 def get_engine(settings: EngineSettings) -> wasmtime.Engine:
     cfg = wasmtime.Config()
-    cfg.epoch_interruption = True
+    cfg.epoch_interruption = settings.epoch
     cfg.consume_fuel = settings.fuel
     cfg.cranelift_opt_level = "speed"
     return wasmtime.Engine(cfg)

@@ -22,7 +22,7 @@ class RunLimits:
 
     @property
     def settings(self) -> EngineSettings:
-        return EngineSettings(fuel=self.fuel is not None)
+        return EngineSettings(fuel=self.fuel is not None, epoch=self.timeout is not None)
 
 
 class Host(Protocol):
@@ -56,9 +56,9 @@ def run(module: wasmtime.Module, host: Host, limits: RunLimits) -> int:
     store.set_limits(memory_size=limits.max_memory)
     if limits.fuel is not None:
         store.set_fuel(limits.fuel)
-    store.set_epoch_deadline(1)
     timer: threading.Timer | None = None
     if limits.timeout is not None:
+        store.set_epoch_deadline(1)
         host.deadline = time.monotonic() + limits.timeout
         timer = threading.Timer(limits.timeout, engine.increment_epoch)
         timer.daemon = True

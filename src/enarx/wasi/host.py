@@ -18,8 +18,10 @@ trap; afterwards ``exit_code`` / ``timed_out`` tell the runtime which it was.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -149,6 +151,22 @@ def _callback_source(sig: str, returns: bool) -> str:
     )
 
 
+@functools.cache
+def _factories() -> dict[tuple[str, bool], Callable[..., Any]]:
+    """A callback factory per distinct signature, all compiled by one ``exec`` on first use:
+    one compile instead of one per import per run is ~10 ms of every start-up."""
+    shapes = sorted(set(SIGNATURES.values()))
+    src = [
+        f"def make_{i}(impl, view, fail):\n"
+        + textwrap.indent(_callback_source(sig, ret), "    ")
+        + "    return cb\n"
+        for i, (sig, ret) in enumerate(shapes)
+    ]
+    scope: dict[str, Any] = {"WasiError": WasiError, "struct": struct, "FAULT": int(Errno.FAULT)}
+    exec("\n".join(src), scope)
+    return {shape: scope[f"make_{i}"] for i, shape in enumerate(shapes)}
+
+
 class WasiHost(FdCalls, PathCalls, PollCalls):
     """The WASI preview1 host for one run of one guest."""
 
@@ -196,16 +214,8 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
             ft = wasmtime.FuncType(
                 [i32 if k == "i" else i64 for k in kinds], [i32] if returns else []
             )
-            scope: dict[str, Any] = {
-                "impl": getattr(self, "_" + name),
-                "view": self._view,
-                "WasiError": WasiError,
-                "struct": struct,
-                "FAULT": int(Errno.FAULT),
-                "fail": self._fail_for(name),
-            }
-            exec(_callback_source(sig, returns), scope)
-            raw = _RAW_CB(scope["cb"])
+            make = _factories()[(sig, returns)]
+            raw = _RAW_CB(make(getattr(self, "_" + name), self._view, self._fail_for(name)))
             cb = ctypes.cast(raw, ffi.wasmtime_func_unchecked_callback_t)
             self._callbacks += [raw, cb]
             self._functypes.append(ft)

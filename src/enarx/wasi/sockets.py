@@ -161,7 +161,9 @@ class TcpStream(_SocketBase):
     def write(self, bufs: Sequence[memoryview]) -> int:
         total = 0
         want = sum(len(b) for b in bufs)
-        pending = list(bufs)
+        if not want:
+            return 0
+        pending = [b for b in bufs if len(b)]
         while True:
             try:
                 n = os.writev(self._fd, pending) if len(pending) > 1 else self.sock.send(pending[0])
@@ -423,16 +425,38 @@ class TlsStream(_SocketBase):
             self._rd_shut = True
 
     def _send_close_notify(self) -> None:
-        # SSL_shutdown's first step only sends close_notify; we keep reading afterwards
-        # (TLS 1.3 half-close), so WANT_READ for the peer's alert is the usual answer.
+        """Send close_notify and keep reading (TLS 1.3 half-close).
+
+        ``SSLSocket.unwrap()`` would drop the TLS state once the shutdown completes, and
+        CPython's shutdown also tries to read the peer's close_notify, which may swallow
+        application data already here: so first move that data into the peek buffer, then
+        shut down through the SSL object itself, which stays usable for reading.
+        """
         if not self._handshaken:
             return
-        try:
-            self.tls.unwrap()
-        except (ssl.SSLError, OSError, ValueError):
-            return
-        # unwrap() completed: the peer's close_notify was already in, nothing more to read.
-        self._rd_shut = True
+        self._drain_into_peeked()
+        obj = getattr(self.tls, "_sslobj", None)
+        with contextlib.suppress(ssl.SSLError, OSError, ValueError, AttributeError):
+            if obj is None:
+                self.tls.unwrap()
+                self._rd_shut = True  # the TLS state is gone: nothing more can be read
+            else:
+                obj.shutdown()
+
+    def _drain_into_peeked(self, limit: int = 4 << 20) -> None:
+        buf = bytearray(_TLS_RECORD)
+        parts = [self._peeked]
+        size = len(self._peeked)
+        while size < limit:
+            try:
+                n = self.tls.recv_into(buf)
+            except (ssl.SSLError, OSError):
+                break
+            if n == 0:
+                break
+            parts.append(bytes(buf[:n]))
+            size += n
+        self._peeked = b"".join(parts)
 
     def pending(self) -> int:
         """Plaintext already decrypted inside OpenSSL: readable though the fd is quiet."""
