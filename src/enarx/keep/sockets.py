@@ -20,6 +20,7 @@ import sys
 from enarx.config import ConnectFile, ListenFile
 from enarx.errors import ResourceError
 from enarx.keep import tls
+from enarx.wasi.abi import WasiError
 from enarx.wasi.fdtable import Handle
 from enarx.wasi.sockets import TcpListener, TcpStream, TlsStream
 
@@ -99,8 +100,9 @@ def _connect(entry: ConnectFile, where: str, base_dir: str) -> Handle:
     if ctx is None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return TcpStream(sock)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        conn = ctx.wrap_socket(sock, server_hostname=entry.host)  # handshake, blocking
+        return TlsStream.client(sock, ctx, entry.host, CONNECT_TIMEOUT)
     except ssl.SSLCertVerificationError as e:
         sock.close()
         raise ResourceError(
@@ -110,14 +112,12 @@ def _connect(entry: ConnectFile, where: str, base_dir: str) -> Handle:
             if entry.trust == "system"
             else "check that `trust` holds the CA that issued the server's certificate",
         ) from None
-    except (ssl.SSLError, OSError) as e:
+    except (ssl.SSLError, OSError, WasiError) as e:
         sock.close()
         raise ResourceError(
             f"{where}: TLS handshake with {_fmt(entry.host, entry.port)} failed: {e}",
             hint="check that the server speaks TLS 1.2 or 1.3 on that port",
         ) from None
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return TlsStream.connected(conn)
 
 
 def _dial(host: str, port: int, where: str) -> socket.socket:

@@ -22,6 +22,7 @@ import select
 import socket
 import ssl
 import termios
+import time
 from collections.abc import Callable, Sequence
 
 from enarx.wasi import abi
@@ -32,7 +33,8 @@ from enarx.wasi.fdtable import Handle
 DeadlineCheck = Callable[[], float | None]
 
 _TLS_RECORD = 16384  # the largest TLS plaintext record
-_TLS_CHUNK = 65536  # per SSL_write; the most kept (copied) when OpenSSL cannot flush
+_TLS_CHUNK = 65536  # plaintext encrypted per step of a blocking write
+_TLS_BUF = 262144  # ciphertext taken from the socket per recv
 _SLICE = 1.0  # seconds per blocking wait slice when a deadline is set
 
 
@@ -237,60 +239,128 @@ def _read_all(read: Callable[[Sequence[memoryview]], int], bufs: Sequence[memory
 
 
 class TlsStream(_SocketBase):
-    """TLS over a connected socket: the guest reads and writes plaintext."""
+    """TLS over a connected socket: the guest reads and writes plaintext.
 
-    def __init__(self, tls: ssl.SSLSocket, fdflags: int) -> None:
-        super().__init__(tls, fdflags)
-        self.tls = tls
+    OpenSSL works on memory BIOs that only this class fills and drains, so no TLS call
+    ever touches the socket behind our back. (``SSLSocket.unwrap()`` reads from the socket
+    after sending close_notify and destroys application data already there, which breaks
+    half-close.) Ciphertext the kernel does not take at once waits in ``_wbuf``; non-blocking
+    writes encrypt one record at a time and stop while anything waits, so at most one record
+    is held on the guest's behalf.
+    """
+
+    def __init__(
+        self, sock: socket.socket, obj: ssl.SSLObject, inc: ssl.MemoryBIO, out: ssl.MemoryBIO,
+        fdflags: int,
+    ) -> None:  # fmt: skip
+        super().__init__(sock, fdflags)
+        self.obj = obj
+        self._in = inc
+        self._out = out
+        self._wbuf = bytearray()  # ciphertext not yet taken by the kernel
         self._handshaken = False
-        self._unsent: bytes | None = None  # a record accepted from the guest, not yet flushed
-        self._peeked = b""  # plaintext read by MSG_PEEK, served before new records
+        self._peeked = b""  # plaintext read ahead (MSG_PEEK, shutdown), served first
         self._rd_shut = False
         self._wr_shut = False
 
     @classmethod
     def server(cls, conn: socket.socket, ctx: ssl.SSLContext, fdflags: int) -> TlsStream:
-        conn.setblocking(False)
-        tls = ctx.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        stream = cls(tls, fdflags)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        stream = cls(conn, ctx.wrap_bio(inc, out, server_side=True), inc, out, fdflags)
         # The ClientHello is often already here: answer it now, never wait.
-        with contextlib.suppress(ssl.SSLError, OSError):
+        with contextlib.suppress(ssl.SSLError, OSError, WasiError):
+            stream._fill()
             stream._handshake_step()
         return stream
 
     @classmethod
-    def connected(cls, tls: ssl.SSLSocket) -> TlsStream:
-        """A client connection whose handshake the Keep completed before the start."""
-        stream = cls(tls, 0)
-        stream._handshaken = True
+    def client(
+        cls, conn: socket.socket, ctx: ssl.SSLContext, server_hostname: str, timeout: float
+    ) -> TlsStream:
+        """Connect-side TLS; the handshake completes here (raises ssl.SSLError/OSError)."""
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inc, out, server_side=False, server_hostname=server_hostname)
+        stream = cls(conn, obj, inc, out, 0)
+        end = time.monotonic() + timeout
+        stream.deadline_check = lambda: _left(end)
+        try:
+            while True:
+                try:
+                    stream._handshake_step()
+                    break
+                except ssl.SSLWantReadError:
+                    stream._flush(block=True)
+                    if not stream._fill():
+                        stream.wait(write=False)
+        finally:
+            stream.deadline_check = None
         return stream
 
-    # --- handshake and error mapping -------------------------------------------------
+    # --- moving ciphertext ------------------------------------------------------------
+    def _fill(self) -> bool:
+        """Feed what the socket holds into OpenSSL; False when nothing was there."""
+        try:
+            data = self.sock.recv(_TLS_BUF)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT):
+                raise from_oserror(e) from None
+            data = b""  # a reset peer is a closed peer
+        if data:
+            self._in.write(data)
+        else:
+            self._in.write_eof()
+        return True
+
+    def _flush(self, block: bool) -> bool:
+        """Send pending ciphertext; True when none is left."""
+        if self._out.pending:
+            self._wbuf += self._out.read()
+        while self._wbuf:
+            try:
+                n = self.sock.send(self._wbuf)
+            except (BlockingIOError, InterruptedError):
+                if not block:
+                    return False
+                self.wait(write=True)
+                continue
+            except OSError as e:
+                self._wbuf.clear()
+                raise from_oserror(e) from None
+            del self._wbuf[:n]
+        return True
+
     def _handshake_step(self) -> None:
-        self.tls.do_handshake()
+        try:
+            self.obj.do_handshake()
+        finally:
+            self._flush(block=False)
         self._handshaken = True
 
-    def _retry(self, op: Callable[[], int]) -> int:
-        """Run an SSL operation, waiting (or raising AGAIN) on WANT_READ/WANT_WRITE."""
+    def _call(self, op: Callable[[], int]) -> int:
+        """Run an SSL operation to completion, feeding it from the socket as it asks."""
         while True:
             try:
                 if not self._handshaken:
                     self._handshake_step()
-                return op()
+                n = op()
+                if self._out.pending:
+                    self._flush(block=not self.nonblocking)
+                return n
             except ssl.SSLWantReadError:
-                self.wait(write=False)
-            except ssl.SSLWantWriteError:
-                self.wait(write=True)
+                # Our handshake flight must be out before we can expect an answer.
+                self._flush(block=not self.nonblocking)
+                if not self._fill():
+                    self.wait(write=False)
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return 0
             except ssl.SSLError:
                 # Bad handshake (wrong client cert, not TLS, protocol error): the
                 # connection is unusable, as if the peer had aborted it.
+                with contextlib.suppress(OSError, WasiError):
+                    self._flush(block=False)  # let the peer see our alert
                 raise WasiError(Errno.CONNABORTED) from None
-            except InterruptedError:
-                continue
-            except OSError as e:
-                raise from_oserror(e) from None
 
     # --- reading ---------------------------------------------------------------------
     def read(self, bufs: Sequence[memoryview]) -> int:
@@ -298,28 +368,20 @@ class TlsStream(_SocketBase):
             return 0
         if self._peeked:
             return self._take_peeked(bufs)
-        buf = bufs[0] if len(bufs) == 1 else None
-        if buf is None:
-            # Scatter: read into the first non-empty buffer only (a short read is valid).
-            buf = next((b for b in bufs if len(b)), None)
-            if buf is None:
-                return 0
-        n = -1
-        if self._handshaken:
-            # Fast path; anything unusual is redone (and mapped) by _retry.
-            with contextlib.suppress(ssl.SSLError, OSError):
-                n = self.tls.recv_into(buf)
-        if n < 0:
-            n = self._retry(lambda: self.tls.recv_into(buf))
-        # A full record suggests a bulk transfer: take the records already here too.
-        while n % _TLS_RECORD == 0 and 0 < n < len(buf):
+        buf = bufs[0] if len(bufs) == 1 else next((b for b in bufs if len(b)), None)
+        if buf is None or not len(buf):
+            return 0
+        obj = self.obj
+        n = self._call(lambda: obj.read(len(buf), buf))
+        # Take what is already here too, so one guest read can span several records.
+        while 0 < n < len(buf):
             try:
-                k = self.tls.recv_into(buf[n:])
-            except (ssl.SSLError, OSError):
-                break
-            if k == 0:
-                break
-            n += k
+                n += obj.read(len(buf) - n, buf[n:])
+            except ssl.SSLWantReadError:
+                if not self._fill():
+                    break
+            except ssl.SSLError:
+                break  # reported by the next read
         return n
 
     def _take_peeked(self, bufs: Sequence[memoryview]) -> int:
@@ -338,9 +400,9 @@ class TlsStream(_SocketBase):
             raise WasiError(Errno.INVAL)
         if riflags & abi.RIFLAG_RECV_PEEK:
             want = sum(len(b) for b in bufs)
-            if not self._peeked and not self._rd_shut:
-                tmp = bytearray(max(1, min(want, _TLS_RECORD)))
-                n = self._retry(lambda: self.tls.recv_into(tmp))
+            if not self._peeked and not self._rd_shut and want:
+                tmp = bytearray(min(want, _TLS_RECORD))
+                n = self._call(lambda: self.obj.read(len(tmp), tmp))
                 self._peeked = bytes(tmp[:n])
             data, n = self._peeked, 0
             for b in bufs:
@@ -353,59 +415,33 @@ class TlsStream(_SocketBase):
         return self.read(bufs), 0
 
     # --- writing ---------------------------------------------------------------------
-    def _flush_unsent(self) -> bool:
-        """Try to send the kept record; True when nothing is left."""
-        data = self._unsent
-        if data is None:
-            return True
-        try:
-            self.tls.send(data)
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            return False
-        except ssl.SSLError:
-            self._unsent = None
-            raise WasiError(Errno.CONNABORTED) from None
-        except OSError as e:
-            self._unsent = None
-            raise from_oserror(e) from None
-        self._unsent = None
-        return True
-
     def write(self, bufs: Sequence[memoryview]) -> int:
         if self._wr_shut:
             raise WasiError(Errno.PIPE)
         if not self._handshaken:
-            self._retry(lambda: 0)
-        while not self._flush_unsent():
-            self.wait(write=True)
+            self._call(lambda: 0)
         data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+        if self.nonblocking:
+            total = 0
+            while total < len(data) and self._flush(block=False):
+                total += self._encrypt(data[total : total + _TLS_RECORD])
+            self._flush(block=False)
+            if not total and len(data):
+                raise WasiError(Errno.AGAIN)
+            return total
         total = 0
         while total < len(data):
-            chunk = data[total : total + _TLS_CHUNK]
-            try:
-                total += self.tls.send(chunk)
-                continue
-            except ssl.SSLWantWriteError:
-                # OpenSSL holds part of this record: it must be retried with the same
-                # bytes, so keep a copy and count it as written (as a kernel buffer would).
-                self._unsent = bytes(chunk)
-                total += len(chunk)
-            except ssl.SSLWantReadError:
-                self._unsent = bytes(chunk)
-                total += len(chunk)
-            except ssl.SSLError:
-                if total:
-                    return total
-                raise WasiError(Errno.CONNABORTED) from None
-            except OSError as e:
-                if total:
-                    return total
-                raise from_oserror(e) from None
-            if self.nonblocking:
-                return total
-            while not self._flush_unsent():
-                self.wait(write=True)
+            total += self._encrypt(data[total : total + _TLS_CHUNK])
+            self._flush(block=True)
         return total
+
+    def _encrypt(self, chunk: memoryview) -> int:
+        try:
+            n = self.obj.write(chunk)  # a memory BIO takes everything
+        except ssl.SSLError:
+            raise WasiError(Errno.CONNABORTED) from None
+        self._wbuf += self._out.read()
+        return n
 
     def sock_send(self, bufs: Sequence[memoryview], siflags: int) -> int:
         return self.write(bufs)
@@ -413,67 +449,63 @@ class TlsStream(_SocketBase):
     # --- shutdown, readiness, close --------------------------------------------------
     def sock_shutdown(self, how: int) -> None:
         if how & abi.SDFLAG_WR and not self._wr_shut:
-            with contextlib.suppress(ssl.SSLError, OSError):
-                while not self._flush_unsent():
-                    self.wait(write=True)
+            with contextlib.suppress(OSError, WasiError):
+                self._flush(block=not self.nonblocking)
             self._send_close_notify()
             self._wr_shut = True
-            # The plain socket's shutdown: SSLSocket.shutdown would also drop the TLS state.
             with contextlib.suppress(OSError):
-                socket.socket.shutdown(self.tls, socket.SHUT_WR)
+                self.sock.shutdown(socket.SHUT_WR)
         if how & abi.SDFLAG_RD:
             self._rd_shut = True
 
     def _send_close_notify(self) -> None:
-        """Send close_notify and keep reading (TLS 1.3 half-close).
-
-        ``SSLSocket.unwrap()`` would drop the TLS state once the shutdown completes, and
-        CPython's shutdown also tries to read the peer's close_notify, which may swallow
-        application data already here: so first move that data into the peek buffer, then
-        shut down through the SSL object itself, which stays usable for reading.
-        """
+        """Send close_notify and keep reading (TLS 1.3 half-close)."""
         if not self._handshaken:
             return
+        # OpenSSL reads on while waiting for the peer's close_notify and would drop
+        # application data already decryptable: move that into the read-ahead first.
         self._drain_into_peeked()
-        obj = getattr(self.tls, "_sslobj", None)
-        with contextlib.suppress(ssl.SSLError, OSError, ValueError, AttributeError):
-            if obj is None:
-                self.tls.unwrap()
-                self._rd_shut = True  # the TLS state is gone: nothing more can be read
-            else:
-                obj.shutdown()
+        with contextlib.suppress(ssl.SSLError, ValueError):
+            self.obj.unwrap()  # an SSLObject keeps its state: reads still work after it
+        with contextlib.suppress(OSError, WasiError):
+            self._flush(block=False)
 
-    def _drain_into_peeked(self, limit: int = 4 << 20) -> None:
-        buf = bytearray(_TLS_RECORD)
+    def _drain_into_peeked(self) -> None:
         parts = [self._peeked]
-        size = len(self._peeked)
-        while size < limit:
+        buf = bytearray(_TLS_RECORD)
+        while True:
             try:
-                n = self.tls.recv_into(buf)
-            except (ssl.SSLError, OSError):
+                n = self.obj.read(len(buf), buf)
+            except ssl.SSLError:
                 break
             if n == 0:
                 break
             parts.append(bytes(buf[:n]))
-            size += n
         self._peeked = b"".join(parts)
 
     def pending(self) -> int:
         """Plaintext already decrypted inside OpenSSL: readable though the fd is quiet."""
         if self._rd_shut:
             return 0
-        try:
-            return len(self._peeked) + self.tls.pending()
-        except (ssl.SSLError, OSError, ValueError):
-            return 0
+        if self._wbuf:  # poll is about to wait: let waiting ciphertext go first
+            with contextlib.suppress(OSError, WasiError):
+                self._flush(block=False)
+        return len(self._peeked) + self.obj.pending()
 
     def nbytes_readable(self) -> int:
         return self.pending()
 
     def close(self) -> None:
-        if self.sock.fileno() >= 0:
-            with contextlib.suppress(ssl.SSLError, OSError):
-                self._flush_unsent()
-            if not self._wr_shut:
-                self._send_close_notify()
+        if self.sock.fileno() >= 0 and self._handshaken:
+            with contextlib.suppress(ssl.SSLError, OSError, WasiError, ValueError):
+                if not self._wr_shut:
+                    self.obj.unwrap()
+                self._flush(block=False)
         self.sock.close()
+
+
+def _left(end: float) -> float:
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("TLS handshake timed out")
+    return left
