@@ -237,3 +237,18 @@ def test_compiled_module_cache_survives_corruption(
     entries[0].write_bytes(b"truncated")
     assert enarx("run", *NIL, env_wasm, env=env).returncode == 0
     assert len(entries[0].read_bytes()) > 1000  # recompiled and rewritten
+
+
+def test_dir_flag_is_relative_to_cwd_even_with_a_config_elsewhere(
+    enarx: RunEnarx, tmp_path: Path
+) -> None:
+    cfgdir, work = tmp_path / "cfg", tmp_path / "work"
+    cfgdir.mkdir()
+    (work / "data").mkdir(parents=True)
+    cfg = cfgdir / "Enarx.toml"
+    cfg.write_text('[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdout"\n'
+                   '[[files]]\nkind = "stderr"\n')
+    r = enarx("run", *NIL, "--wasmcfgfile", cfg, "--dir", "data::/d", build_c("cli_files.c"),
+              "/d/f.txt", "x", cwd=work)
+    assert r.returncode == 0, r.stderr
+    assert (work / "data" / "f.txt").read_text() == "x"

@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -96,7 +97,8 @@ def run(
 
     # No Enarx.toml: conf is None and nothing imports the config model (start-up time).
     conf, base_dir = _load_config(wasmcfgfile)
-    extra_dirs = [parse_dir_spec(d) for d in dirs]
+    # --dir paths are relative to the current directory, whatever Enarx.toml's location.
+    extra_dirs = [_absolute(parse_dir_spec(d)) for d in dirs]
     extra_env = [parse_env_flag(e) for e in envs]
     try:
         wasm = module.read_bytes()
@@ -132,6 +134,12 @@ def run(
         fd_env=not no_fd_env,
     )
     sys.exit(code & 0xFF if code >= 0 else 1)
+
+
+def _absolute(spec: Any) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, host=os.path.abspath(spec.host), guest=spec.guest_path)
 
 
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]
