@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enarx import config
 from enarx.errors import ConfigError, UsageError
@@ -145,3 +149,26 @@ def test_template_is_valid_and_commented() -> None:
     c = config.loads(config.TEMPLATE)
     assert [f.kind for f in c.effective_files] == ["stdin", "stdout", "stderr"]
     assert config.TEMPLATE.count("#") > 10
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300, deadline=None)
+def test_any_text_parses_or_raises_config_error(text: str) -> None:
+    try:
+        config.loads(text, path="Enarx.toml")
+    except ConfigError as e:
+        assert e.message.startswith("Enarx.toml")
+
+
+_FRAGMENTS = st.sampled_from([
+    "[[files]]\n", 'kind = "listen"\n', 'kind = "dir"\n', 'name = "a"\n', "port = 99999\n",
+    'host = "h"\n', "[limits]\n", 'max_memory = "1Q"\n', "[env]\n", 'FD_COUNT = "1"\n',
+    "args = [1]\n", 'prot = "udp"\n', "readonly = 3\n", "timeout = -1\n", "=\n", "[\n",
+])
+
+
+@given(st.lists(_FRAGMENTS, max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_plausible_configs_parse_or_raise_config_error(parts: list[str]) -> None:
+    with contextlib.suppress(ConfigError):
+        config.loads("".join(parts))
