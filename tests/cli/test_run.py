@@ -252,3 +252,13 @@ def test_dir_flag_is_relative_to_cwd_even_with_a_config_elsewhere(
               "/d/f.txt", "x", cwd=work)
     assert r.returncode == 0, r.stderr
     assert (work / "data" / "f.txt").read_text() == "x"
+
+
+def test_configured_steward_is_never_silently_ignored(
+    enarx: RunEnarx, tmp_path: Path, env_wasm: Path
+) -> None:
+    cfg = tmp_path / "Enarx.toml"
+    cfg.write_text('steward = "https://steward.example"\n')
+    r = enarx("run", *NIL, "--wasmcfgfile", cfg, env_wasm)
+    assert r.returncode == 0, r.stderr
+    assert b"steward https://steward.example is configured" in r.stderr

@@ -110,6 +110,11 @@ def run(
     chosen = platform.select(backend)
     if chosen.warning:
         warn(chosen.warning)
+    if conf is not None and conf.steward:
+        # Never let a configured steward look as if it had been used.
+        warn(f"steward {conf.steward} is configured, but this release does not attest to a "
+             "steward yet: the Keep gets no steward-issued certificate (TLS listeners use a "
+             "self-signed one)")
     limits = RunLimits(
         max_memory=max_memory
         if max_memory is not None
