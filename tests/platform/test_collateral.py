@@ -225,3 +225,21 @@ def test_garbage_crl_is_rejected(vendor: FakeVendor, tmp_path: Path) -> None:
     with pytest.raises(CollateralFetchError, match="not a CRL"):
         fetch_dcap_collateral(quote, Fetcher(tmp_path), pcs_url=vendor.url,
                               root_crl_url=f"{vendor.url}/IntelSGXRootCA.der")
+
+
+def test_damaged_cache_entries_are_fetched_again(vendor: FakeVendor, tmp_path: Path) -> None:
+    from enarx.platform.collateral import fetch_vcek
+
+    _serve_kds(vendor, "ms-milan-v3")
+    report = (vector_dir("snp", "ms-milan-v3") / "report.bin").read_bytes()
+    fetch_vcek(report, Fetcher(tmp_path), kds_url=vendor.url)
+    for meta in tmp_path.glob("*.json"):
+        meta.write_text(meta.read_text().replace('"expires": "', '"expires": "garbage'))
+    again = Fetcher(tmp_path)
+    fetch_vcek(report, again, kds_url=vendor.url)
+    assert again.requests == 2
+    for body in tmp_path.glob("*.body"):
+        body.write_bytes(b"tampered")
+    third = Fetcher(tmp_path)
+    fetch_vcek(report, third, kds_url=vendor.url)
+    assert third.requests == 2

@@ -58,7 +58,8 @@ class Response:
 
 
 class Fetcher:
-    """GET with a cache keyed by URL; ``expires(response)`` decides how long an entry lives."""
+    """GET with an on-disk cache keyed by URL. Entries live until the expiry recorded with
+    ``set_expiry`` (the fetched object's own notAfter / nextUpdate), an hour before that."""
 
     def __init__(self, cache_dir: Path | None = None, *, refresh: bool = False) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
@@ -111,8 +112,11 @@ class Fetcher:
             return None
         if meta.get("url") != url or meta.get("sha256") != hashlib.sha256(body).hexdigest():
             return None  # damaged or colliding entry: fetch again
-        expires = meta.get("expires")
-        if expires is None or dt.datetime.fromisoformat(expires) <= dt.datetime.now(dt.UTC):
+        try:
+            expires = dt.datetime.fromisoformat(meta["expires"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if expires <= dt.datetime.now(dt.UTC):
             return None
         return Response(body, dict(meta.get("headers", {})), from_cache=True)
 
