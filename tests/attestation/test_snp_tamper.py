@@ -146,8 +146,10 @@ def forged() -> dict[str, bytes]:
     ark_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ask_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     vcek_key = ec.generate_private_key(ec.SECP384R1())
-    ark = _cert(real_ark.subject, real_ark.subject, ark_key.public_key(), ark_key, [])
-    ask = _cert(real_ask.subject, real_ark.subject, ask_key.public_key(), ark_key, [])
+    ca = [x509.Extension(x509.BasicConstraints.oid, True,
+                         x509.BasicConstraints(ca=True, path_length=None))]
+    ark = _cert(real_ark.subject, real_ark.subject, ark_key.public_key(), ark_key, ca)
+    ask = _cert(real_ask.subject, real_ark.subject, ask_key.public_key(), ark_key, ca)
     vcek = _cert(real.subject, real_ask.subject, vcek_key.public_key(), ask_key,
                  list(real.extensions))
     body = v.report()[:SIGNED]

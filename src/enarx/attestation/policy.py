@@ -4,7 +4,12 @@ Verification (``snp/``, ``dcap/``) answers "is it genuine and which TCB is it?";
 answers "do we accept it?". ``appraise`` checks every rule and raises one ``PolicyViolation``
 listing *every* failed rule (check ``policy.<rule>`` with expected/actual), so an operator fixes
 everything in one round. Unset rules accept anything, except the secure defaults: only
-``UpToDate`` TCB, no advisories, no debug, no SNP migration agent.
+``UpToDate`` TCB, no advisories, no debug, no SNP migration agent. An allow-list that is set
+but empty (``measurements = []``, ``snp.vmpls = []``, ...) allows *nothing*: it fails closed,
+never "any" (tests/attestation/test_review_policy.py).
+
+SEV-SNP has no vendor TCB status: its results say ``UpToDate`` once the VCEK matches
+REPORTED_TCB, so an owner who cares about SNP firmware levels sets ``min_tcb``.
 
 Policy files are TOML or JSON; load the text at the edge and pass the dict to ``Policy.load``.
 """

@@ -170,7 +170,7 @@ def fetch_vcek(
             f"report v{rep.version} does not name its product",
             hint="pass --product Milan|Genoa|Turin",
         )
-    if rep.signing_key_name == "vlek":
+    if rep.signing_key_name == "VLEK":
         raise CollateralFetchError(
             "this report is signed by a VLEK, which KDS does not serve per chip",
             hint="get the VLEK from your cloud provider (it is often in the extended report)",
@@ -256,9 +256,11 @@ def fetch_dcap_collateral(
 def _json_next_update(body: bytes, key: str) -> dt.datetime | None:
     try:
         value = json.loads(body)[key]["nextUpdate"]
-        return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+    # A zoneless time (some PCCS) is UTC, as in Intel's format; naive would not compare.
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
 
 
 def _crl_next_update(der: bytes) -> dt.datetime | None:

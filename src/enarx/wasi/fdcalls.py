@@ -19,9 +19,10 @@ from enarx.wasi.abi import (
     U32,
     U64,
     Errno,
+    Filetype,
     WasiError,
 )
-from enarx.wasi.fdtable import DirHandle, Handle, NullHandle, StdioHandle
+from enarx.wasi.fdtable import DirHandle, FileHandle, Handle, NullHandle, StdioHandle
 from enarx.wasi.guestmem import iovecs, view, write_bytes
 
 if TYPE_CHECKING:
@@ -83,21 +84,23 @@ class FdCalls:
         h = self.fds.get(fd)
         if not h.rights_base & abi.RIGHT_FD_READ:
             raise WasiError(Errno.NOTCAPABLE)
-        if type(h) is StdioHandle and not h.fdflags & abi.FDFLAG_NONBLOCK:
-            self._wait_readable(h)
+        if not h.fdflags & abi.FDFLAG_NONBLOCK and (
+            type(h) is StdioHandle
+            or (type(h) is FileHandle and h.filetype != Filetype.REGULAR_FILE)  # FIFO, device
+        ):
+            self._wait_readable(h.host_fd)
         U32.pack_into(mv, out, h.read(iovecs(mv, iovs, n)))
         return 0
 
-    def _wait_readable(self, h: StdioHandle) -> None:
+    def _wait_readable(self, host_fd: int) -> None:
         """With a deadline, a blocking read must not outlive it (wasm cannot be
         interrupted while inside a host call)."""
         left = self.check_deadline()
         if left is None:
             return
-        while True:
-            r, _, _ = select.select([h.host_fd], [], [], min(left, 1.0))
-            if r:
-                return
+        poller = select.poll()  # not select(): guest-opened fds may be above FD_SETSIZE
+        poller.register(host_fd, select.POLLIN | select.POLLPRI)
+        while not poller.poll(max(1, int(min(left, 1.0) * 1000))):
             left = self.check_deadline()
             assert left is not None
 

@@ -15,15 +15,17 @@ import contextlib
 import errno
 import fcntl
 import os
+import resource
 import select
 import stat as st
 import termios
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from enarx.errors import ResourceError
 from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
+from enarx.wasi.guestmem import advance
 
 # (dev, ino, filetype, nlink, size, atim, mtim, ctim)
 Filestat = tuple[int, int, int, int, int, int, int, int]
@@ -60,10 +62,9 @@ def filestat_of(s: os.stat_result) -> Filestat:
 
 def _wait(fd: int, write: bool) -> None:
     """Block until a non-blocking host fd is ready (the guest asked for blocking I/O)."""
-    if write:
-        select.select([], [fd], [])
-    else:
-        select.select([fd], [], [])
+    poller = select.poll()  # not select(): fds above FD_SETSIZE are legal
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
+    poller.poll()
 
 
 class Handle:
@@ -178,11 +179,12 @@ class StdioHandle(Handle):
         total = sum(len(b) for b in bufs) if len(bufs) != 1 else len(bufs[0])
         if n == total:
             return n
-        # Partial write (pipe full, signal): finish it, as a blocking write would.
-        rest = b"".join(bytes(b) for b in bufs)[n:]
+        # Partial write (pipe full, signal): finish it, as a blocking write would. Views
+        # into guest memory, never a joined copy (the buffers may alias one large region).
+        rest = advance(list(bufs), n)
         while rest:
             try:
-                k = os.write(fd, rest)
+                k = os.writev(fd, rest)
             except BlockingIOError:
                 _wait(fd, write=True)
                 continue
@@ -191,7 +193,7 @@ class StdioHandle(Handle):
                     return n
                 raise from_oserror(e) from None
             n += k
-            rest = rest[k:]
+            rest = advance(rest, k)
         return n
 
     def filestat(self) -> Filestat:
@@ -322,8 +324,7 @@ class FileHandle(_HostFdHandle):
         try:
             if self.fdflags & abi.FDFLAG_APPEND:
                 # Linux pwrite ignores the offset under O_APPEND; do what the guest asked.
-                data = b"".join(bytes(b) for b in bufs)
-                return _pwrite_noappend(self.host_fd, data, offset)
+                return _pwrite_noappend(self.host_fd, bufs, offset)
             return os.pwritev(self.host_fd, bufs, offset)
         except OSError as e:
             raise from_oserror(e) from None
@@ -367,11 +368,11 @@ class FileHandle(_HostFdHandle):
             return 0
 
 
-def _pwrite_noappend(fd: int, data: bytes, offset: int) -> int:
+def _pwrite_noappend(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_APPEND)
     try:
-        return os.pwrite(fd, data, offset)
+        return os.pwritev(fd, bufs, offset)
     finally:
         fcntl.fcntl(fd, fcntl.F_SETFL, fl)
 
@@ -459,18 +460,52 @@ def _dirent_type(ent: os.DirEntry[str]) -> int:
         return Filetype.UNKNOWN
 
 
-class FdTable:
-    """Maps guest fd numbers to handles; new fds take the lowest free number."""
+def default_fd_limit() -> int:
+    """How many fds a guest may hold: at most 4096, and 64 below the process's soft
+    RLIMIT_NOFILE, so the host keeps fds of its own (path walks, the module cache) and
+    the guest meets a clean EMFILE from the table rather than from the kernel mid-call."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return _MAX_GUEST_FDS
+    return max(16, min(_MAX_GUEST_FDS, soft - 64))
 
-    def __init__(self) -> None:
+
+_MAX_GUEST_FDS = 4096
+
+
+class FdTable:
+    """Maps guest fd numbers to handles; new fds take the lowest free number.
+
+    ``limit`` caps the fds a guest can open (path_open, sock_accept): each one is a host
+    fd, and the host process shares its fd limit with them. Every fd in the table counts,
+    the ``Enarx.toml`` entries included.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
         self._fds: dict[int, Handle] = {}
         self.lookup = self._fds.get  # the hot path: a bound dict.get, no Python frame
+        self.limit = default_fd_limit() if limit is None else limit
 
     def add(self, handle: Handle) -> int:
         fd = 0
         while fd in self._fds:
             fd += 1
         self._fds[fd] = handle
+        return fd
+
+    def add_guest(self, handle: Handle, publish: Callable[[int], object]) -> int:
+        """Install a handle the guest opened and ``publish`` its fd (write it to guest
+        memory). A full table (EMFILE) or a failed publish closes the handle: nothing leaks."""
+        if len(self._fds) >= self.limit:
+            handle.close()
+            raise WasiError(Errno.MFILE)
+        fd = self.add(handle)
+        try:
+            publish(fd)
+        except BaseException:
+            del self._fds[fd]
+            handle.close()
+            raise
         return fd
 
     def get(self, fd: int) -> Handle:

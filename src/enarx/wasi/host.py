@@ -33,7 +33,7 @@ from enarx.wasi import abi
 from enarx.wasi.abi import U32, U64, Errno, WasiError
 from enarx.wasi.fdcalls import FdCalls
 from enarx.wasi.fdtable import FdTable
-from enarx.wasi.guestmem import iovecs, write_bytes
+from enarx.wasi.guestmem import fill_random, iovecs, write_bytes
 from enarx.wasi.pathcalls import PathCalls
 from enarx.wasi.poll import PollCalls
 
@@ -327,7 +327,7 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         return 0
 
     def _random_get(self, mv: memoryview, buf: int, length: int) -> int:
-        write_bytes(mv, buf, os.urandom(length))
+        fill_random(mv, buf, length)
         return 0
 
     def _proc_exit(self, code: int) -> None:
@@ -347,7 +347,7 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         if flags & ~abi.FDFLAG_NONBLOCK:
             return Errno.INVAL
         new = h.sock_accept(flags)
-        U32.pack_into(mv, out, self.fds.add(new))
+        self.fds.add_guest(new, lambda fd: U32.pack_into(mv, out, fd))
         return 0
 
     def _sock_recv(

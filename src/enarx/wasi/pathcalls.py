@@ -25,6 +25,7 @@ from enarx.wasi.resolve import Resolved, check_path, resolve
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable
 
+MAX_PATH = 4096
 _WRITE_RIGHTS = (
     abi.RIGHT_FD_WRITE
     | abi.RIGHT_FD_DATASYNC
@@ -61,6 +62,11 @@ class PathCalls:
     fds: FdTable
 
     def _path(self, mv: memoryview, ptr: int, length: int) -> bytes:
+        # Linux's PATH_MAX. The walker holds a few Python objects (and possibly a host fd)
+        # per component, so an unbounded path would let a guest make the host allocate
+        # about ten times the bytes it passed.
+        if length > MAX_PATH:
+            raise WasiError(Errno.NAMETOOLONG)
         return read_bytes(mv, ptr, length)
 
     def _path_open(
@@ -99,14 +105,16 @@ class PathCalls:
             raise WasiError(Errno.NOTCAPABLE)
         if want_dir and (creat or trunc):
             return Errno.INVAL
-        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY
+        # Always O_NONBLOCK to open: a FIFO someone placed in the directory would otherwise
+        # block the host in open(2), where no deadline reaches. Blocking mode is restored
+        # below when the guest did not ask for NONBLOCK.
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NOCTTY | os.O_NONBLOCK
         flags |= os.O_RDWR if read and write else os.O_WRONLY if write else os.O_RDONLY
         flags |= os.O_CREAT if creat else 0
         flags |= os.O_EXCL if oflags & abi.OFLAG_EXCL else 0
         flags |= os.O_TRUNC if trunc else 0
         flags |= os.O_DIRECTORY if want_dir else 0
         flags |= os.O_APPEND if fdflags & abi.FDFLAG_APPEND else 0
-        flags |= os.O_NONBLOCK if fdflags & abi.FDFLAG_NONBLOCK else 0
         flags |= os.O_DSYNC if fdflags & abi.FDFLAG_DSYNC else 0
         flags |= os.O_SYNC if fdflags & (abi.FDFLAG_SYNC | abi.FDFLAG_RSYNC) else 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
@@ -121,6 +129,8 @@ class PathCalls:
                 raise from_oserror(e) from None
         try:
             mode = os.fstat(host_fd).st_mode
+            if not fdflags & abi.FDFLAG_NONBLOCK:
+                os.set_blocking(host_fd, True)
         except OSError as e:
             os.close(host_fd)
             raise from_oserror(e) from None
@@ -135,11 +145,7 @@ class PathCalls:
             h.rights_base &= d.rights_inheriting
             if base:
                 h.rights_base &= base | abi.RIGHT_FD_FDSTAT_SET_FLAGS
-        try:
-            U32.pack_into(mv, out, self.fds.add(h))
-        except BaseException:
-            h.close()
-            raise
+        self.fds.add_guest(h, lambda new_fd: U32.pack_into(mv, out, new_fd))
         return 0
 
     def _path_create_directory(self, mv: memoryview, fd: int, path: int, length: int) -> int:
@@ -206,7 +212,9 @@ class PathCalls:
         new_path: int,
         new_len: int,
     ) -> int:
-        od = _dir(self.fds, old_fd, abi.RIGHT_PATH_LINK_SOURCE)
+        # The source must be writable too: a hard link out of a read-only pre-open into a
+        # writable one would make the same inode writable through the new name.
+        od = _dir(self.fds, old_fd, abi.RIGHT_PATH_LINK_SOURCE, write=True)
         nd = _dir(self.fds, new_fd, abi.RIGHT_PATH_LINK_TARGET, write=True)
         op = self._path(mv, old_path, old_len)
         np_ = self._path(mv, new_path, new_len)

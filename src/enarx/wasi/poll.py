@@ -27,6 +27,11 @@ from enarx.wasi.guestmem import view
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable, Handle
 
+# Each subscription costs the host a few Python objects; without a cap a guest could make
+# it allocate several times its own memory in one call. Linux poll(2) likewise refuses more
+# fds than RLIMIT_NOFILE with EINVAL; 65536 is far above what the fd table can hold.
+MAX_SUBSCRIPTIONS = 1 << 16
+
 # (userdata, errno, eventtype, nbytes, flags)
 Event = tuple[int, int, int, int, int]
 _READ = select.POLLIN | select.POLLPRI
@@ -43,7 +48,7 @@ class PollCalls:
     def _poll_oneoff(
         self, mv: memoryview, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int
     ) -> int:
-        if nsubs == 0:
+        if nsubs == 0 or nsubs > MAX_SUBSCRIPTIONS:
             return Errno.INVAL
         view(mv, in_ptr, SUBSCRIPTION_SIZE * nsubs)
         view(mv, out_ptr, EVENT.size * nsubs)

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.fdtable import Handle
+from enarx.wasi.guestmem import advance
 
 #: Returns seconds left before the run's deadline (None: none); raises once it is past.
 DeadlineCheck = Callable[[], float | None]
@@ -183,12 +184,14 @@ class TcpStream(_SocketBase):
             total += n
             if total >= want or self.nonblocking:
                 return total
-            pending = _advance(pending, n)
+            pending = advance(pending, n)
 
     def sock_recv(self, bufs: Sequence[memoryview], riflags: int) -> tuple[int, int]:
         if riflags & ~(abi.RIFLAG_RECV_PEEK | abi.RIFLAG_RECV_WAITALL):
             raise WasiError(Errno.INVAL)
         if riflags & abi.RIFLAG_RECV_PEEK:
+            if not bufs:
+                return 0, 0
             while True:
                 try:
                     return self.sock.recv_into(bufs[0], len(bufs[0]), socket.MSG_PEEK), 0
@@ -217,15 +220,6 @@ class TcpStream(_SocketBase):
         return int.from_bytes(buf, "little")
 
 
-def _advance(bufs: list[memoryview], n: int) -> list[memoryview]:
-    while bufs and n >= len(bufs[0]):
-        n -= len(bufs[0])
-        bufs = bufs[1:]
-    if bufs and n:
-        bufs = [bufs[0][n:], *bufs[1:]]
-    return bufs
-
-
 def _read_all(read: Callable[[Sequence[memoryview]], int], bufs: Sequence[memoryview]) -> int:
     """MSG_WAITALL: fill every buffer or stop at EOF."""
     total, want, rest = 0, sum(len(b) for b in bufs), list(bufs)
@@ -234,7 +228,7 @@ def _read_all(read: Callable[[Sequence[memoryview]], int], bufs: Sequence[memory
         if n == 0:
             break
         total += n
-        rest = _advance(rest, n)
+        rest = advance(rest, n)
     return total
 
 
@@ -420,16 +414,26 @@ class TlsStream(_SocketBase):
             raise WasiError(Errno.PIPE)
         if not self._handshaken:
             self._call(lambda: 0)
-        data = bufs[0] if len(bufs) == 1 else memoryview(b"".join(bufs))
+        views = [b for b in bufs if len(b)]
+        if len(views) > 1 and sum(len(b) for b in views) <= _TLS_CHUNK:
+            views = [memoryview(b"".join(views))]  # a small gather: one record, not many
+        total = 0
+        for data in views:  # a large gather: buffer by buffer, never one joined copy
+            n = self._write_view(data)
+            total += n
+            if n < len(data):
+                break
+        if not total and views:
+            raise WasiError(Errno.AGAIN)  # only a non-blocking write takes nothing
+        return total
+
+    def _write_view(self, data: memoryview) -> int:
+        total = 0
         if self.nonblocking:
-            total = 0
             while total < len(data) and self._flush(block=False):
                 total += self._encrypt(data[total : total + _TLS_RECORD])
             self._flush(block=False)
-            if not total and len(data):
-                raise WasiError(Errno.AGAIN)
             return total
-        total = 0
         while total < len(data):
             total += self._encrypt(data[total : total + _TLS_CHUNK])
             self._flush(block=True)

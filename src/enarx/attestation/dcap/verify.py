@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from functools import cache
 from typing import Any
 
@@ -40,6 +41,7 @@ from enarx.attestation.result import CertInfo, Platform, Tcb, TcbStatus, Verifie
 from enarx.errors import AttestationError, ChainInvalid, MalformedEvidence, TcbMismatch
 
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([^\r\n]*?)-----")
 
 
 @cache
@@ -106,7 +108,12 @@ def _check_chain_root(pem: bytes, root_der: bytes, what: str) -> None:
 def _utc(at: dt.datetime | None) -> dt.datetime:
     if at is None:
         return dt.datetime.now(dt.UTC)
-    return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
+    try:
+        return at.replace(tzinfo=dt.UTC) if at.tzinfo is None else at.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 shifted across UTC
+        raise MalformedEvidence("dcap.time", "verification time is out of range",
+                                expected="a time between years 1 and 9999 in UTC",
+                                actual=str(at)) from None
 
 
 def _precheck_collateral(collateral: Collateral, quote: ParsedQuote) -> dict[str, Any]:
@@ -135,11 +142,22 @@ def _pck(quote: ParsedQuote) -> tuple[list[x509.Certificate], Any]:
             expected="certification data type 5", actual=quote.sig.cert_type,
         )
     certs = _pem_certs(pem, "dcap.chain.format")
+    # dcap-qvl takes the first PEM block of *any* label as the PCK leaf; cryptography skips
+    # non-CERTIFICATE blocks. Unless both see the same blocks, the SVNs we report (and the
+    # TCB Info v2 path matches) could come from a certificate nobody verified.
+    labels = _PEM_BEGIN.findall(pem)
+    if len(labels) != len(certs) or any(label != b"CERTIFICATE" for label in labels):
+        raise MalformedEvidence(
+            "dcap.chain.format", "PCK certification data holds PEM blocks that are not "
+            "certificates", expected=f"{len(certs)} CERTIFICATE blocks",
+            actual=[label.decode("ascii", "replace")[:40] for label in labels],
+        )
     ext = None
     try:
         import dcap_qvl
 
-        ext = dcap_qvl.parse_pck_extension_from_pem(pem)
+        if certs:
+            ext = dcap_qvl.parse_pck_extension_from_pem(certs[0].public_bytes(Encoding.PEM))
     except ValueError:
         ext = None  # dcap-qvl will reject the quote with a precise reason below
     return certs, ext

@@ -67,6 +67,8 @@ class AmdCert:
     # RFC 4514 renderings, made once: rendering names costs more than the report check.
     subject_str: str = ""
     issuer_str: str = ""
+    #: BasicConstraints cA and, if KeyUsage is present, keyCertSign: may it issue certificates?
+    can_issue: bool = False
 
     @property
     def self_issued(self) -> bool:
@@ -222,7 +224,20 @@ def _snapshot(c: x509.Certificate) -> AmdCert:
         amd_extensions=amd,
         subject_str=c.subject.rfc4514_string(),
         issuer_str=c.issuer.rfc4514_string(),
+        can_issue=_can_issue(c),
     )
+
+
+def _can_issue(c: x509.Certificate) -> bool:
+    try:
+        if not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return False
+    except x509.ExtensionNotFound:
+        return False
+    try:
+        return c.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
+    except x509.ExtensionNotFound:
+        return True
 
 
 def _der_int(raw: bytes, name: str) -> int:

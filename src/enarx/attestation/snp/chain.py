@@ -124,6 +124,9 @@ def verify_chain(
     at: dt.datetime,
 ) -> VerifiedChain:
     """Verify the VCEK/VLEK ``cert`` up to a trusted ARK at time ``at`` (cached)."""
+    # Materialise first: a one-shot iterable consumed by the cache key would reach _build
+    # empty, silently dropping CRLs (and intermediates, roots) from the check.
+    chain, trust_roots, crls = tuple(chain), tuple(trust_roots), tuple(crls)
     key = (
         _digest(cert),
         b"|chain",
@@ -205,6 +208,15 @@ def _build(
     if not root.signed_by(root):
         raise ChainInvalid("snp.chain.root", "the root is not self-signed",
                            actual=root.subject_str)
+    # AMD's ARK/ASK/ASVK are CAs; under an explicitly trusted root this stops an end-entity
+    # RSA certificate from acting as an ASK and minting VCEKs.
+    for role, c in (("intermediate", inter), ("root", root)):
+        if not c.can_issue:
+            raise ChainInvalid(
+                "snp.chain.ca", f"the {role} certificate is not a CA",
+                expected="BasicConstraints cA=TRUE (and keyCertSign if KeyUsage is present)",
+                actual=c.subject_str,
+            )
 
     roles = ((kind, leaf), ("ask" if kind == "vcek" else "asvk", inter), ("ark", root))
     for role, c in roles:

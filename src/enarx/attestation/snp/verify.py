@@ -18,7 +18,8 @@ Order of checks, each failing with a typed error that names it:
 6. ``snp.product``         CPUID product (v3+) agrees with the certificate and the ARK;
 7. ``snp.tcb``             the certificate's SPL extensions equal REPORTED_TCB (not
                            CURRENT_TCB: the VCEK is derived from the reported TCB);
-8. ``snp.chip_id``         VCEK hwID equals CHIP_ID (Turin: first 8 bytes).
+8. ``snp.chip_id``         VCEK hwID equals CHIP_ID (Turin: first 8 bytes), unless
+                           CHIP_ID is all zero (host MaskChipId).
 """
 
 from __future__ import annotations
@@ -95,7 +96,12 @@ def _normalise_time(at: dt.datetime | None) -> dt.datetime:
         return dt.datetime.now(dt.UTC)
     if at.tzinfo is None:
         return at.replace(tzinfo=dt.UTC)
-    return at.astimezone(dt.UTC)
+    try:
+        return at.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 shifted across UTC
+        raise MalformedEvidence("snp.time", "verification time is out of range",
+                                expected="a time between years 1 and 9999 in UTC",
+                                actual=str(at)) from None
 
 
 def _check_signature(report: bytes, verified: VerifiedChain) -> None:
@@ -178,10 +184,13 @@ def _check_tcb(rep: SnpReport, verified: VerifiedChain, product: str) -> dict[st
 
 
 def _check_chip_id(rep: SnpReport, verified: VerifiedChain, product: str) -> None:
-    if verified.kind != "vcek" or rep.mask_chip_key:
-        return  # VLEKs are not chip-bound; a masked CHIP_ID is all zero by design
-    hw_id = verified.leaf.hw_id() or b""
+    # VLEKs are not chip-bound. A host with MaskChipId set reports an all-zero CHIP_ID (the
+    # report has no flag for it); the chip-unique VCEK signature still binds the chip. The
+    # MASK_CHIP_KEY bit is about the VCEK, not CHIP_ID, so it never switches the check off.
     chip = rep.chip_id[:8] if product == "Turin" else rep.chip_id
+    if verified.kind != "vcek" or not any(rep.chip_id):
+        return
+    hw_id = verified.leaf.hw_id() or b""
     if not hmac.compare_digest(hw_id, chip):
         raise TcbMismatch(
             "snp.chip_id", "CHIP_ID differs from the VCEK's hwID",
