@@ -182,6 +182,51 @@ def test_poll_oneoff_with_a_million_subscriptions_is_einval(peak) -> None:  # ty
     assert g.u32(64 * _MiB - 4) == 1
 
 
+def _sub_clock(userdata: int, timeout_ns: int) -> bytes:
+    return struct.pack("<QB7xIxxxxQQH6x", userdata, 0, 1, timeout_ns, 0, 0)  # monotonic
+
+
+def _sub_fd(userdata: int, tag: int, fd: int) -> bytes:
+    return struct.pack("<QB7xI28x", userdata, tag, fd)
+
+
+def _events(g: Guest, at: int, n: int) -> list[tuple[int, int, int]]:
+    """(userdata, errno, type) of each event."""
+    return [struct.unpack_from("<QHB", g.read(at + 32 * i, 32)) for i in range(n)]
+
+
+def test_poll_with_a_forever_clock_still_reports_a_ready_fd() -> None:
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b"x")
+        g = Guest("poll_oneoff", handles=[TcpStream(a)])
+        g.write(0, _sub_clock(1, 2**64 - 1) + _sub_fd(2, 1, 0))  # UINT64_MAX ns, fd_read
+        assert g(0, 1024, 2, 2048) == 0
+        assert g.u32(2048) == 1
+        assert _events(g, 1024, 1) == [(2, 0, 1)]
+        g.fds.close_all()
+
+
+def test_poll_with_only_a_forever_clock_ends_at_the_deadline() -> None:
+    g = Guest("poll_oneoff")
+    g.host.deadline = time.monotonic() + 0.2
+    g.write(0, _sub_clock(1, 2**64 - 1))
+    with pytest.raises(wasmtime.WasmtimeError, match="deadline reached"):
+        g(0, 1024, 1, 2048)
+    assert g.host.timed_out
+
+
+def test_poll_for_read_and_write_on_one_fd_reports_both() -> None:
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b"x")
+        g = Guest("poll_oneoff", handles=[TcpStream(a)])
+        g.write(0, _sub_fd(7, 1, 0) + _sub_fd(8, 2, 0))  # libc poll(POLLIN|POLLOUT)
+        assert g(0, 1024, 2, 2048) == 0
+        assert sorted(_events(g, 1024, g.u32(2048))) == [(7, 0, 1), (8, 0, 2)]
+        g.fds.close_all()
+
+
 # --- sockets --------------------------------------------------------------------------------
 
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 # fds than RLIMIT_NOFILE with EINVAL; 65536 is far above what the fd table can hold.
 MAX_SUBSCRIPTIONS = 1 << 16
 
+# poll(2) and sleep() take no more than this (ms); a longer wait is several rounds.
+_MAX_WAIT_MS = 1 << 30
+
 # (userdata, errno, eventtype, nbytes, flags)
 Event = tuple[int, int, int, int, int]
 _READ = select.POLLIN | select.POLLPRI
@@ -102,8 +105,13 @@ class PollCalls:
         block: bool,
     ) -> list[Event]:
         poller = select.poll()
+        masks: dict[int, int] = {}  # one fd read and written (libc: POLLIN|POLLOUT): both
         for _ud, tag, _h, host_fd in waits:
-            poller.register(host_fd, _READ if tag == abi.EVENTTYPE_FD_READ else _WRITE)
+            masks[host_fd] = masks.get(host_fd, 0) | (
+                _READ if tag == abi.EVENTTYPE_FD_READ else _WRITE
+            )
+        for host_fd, mask in masks.items():
+            poller.register(host_fd, mask)
         earliest = min((due for due, _ in clocks), default=None)
         while True:
             if not block:
@@ -112,6 +120,8 @@ class PollCalls:
                 timeout_ms = None
             else:
                 timeout_ms = max(0, math.ceil((earliest - time.monotonic_ns()) / 1e6))
+            if timeout_ms is not None:
+                timeout_ms = min(timeout_ms, _MAX_WAIT_MS)  # "forever" as UINT64_MAX ns
             left = self.check_deadline() if block else None
             if left is not None and (timeout_ms is None or timeout_ms > left * 1e3):
                 timeout_ms = math.ceil(left * 1e3)
