@@ -90,7 +90,7 @@ CASES = [
     ('[[files]]\nkind = "stdin"\n\n[[files]]\nkind = "listen"\nname = "L"\nprto = "tcp"\n', 7,
      "files[1].prto", "unknown key"),
     ('[[files]]\nkind = "null"\nname = "a:b"\n', 3, "files[0].name", "may not contain ':'"),
-    ('[[files]]\nkind = "socket"\n', 1, "files[0]", "unknown kind 'socket'"),
+    ('[[files]]\nkind = "socket"\n', 2, "files[0]", "unknown kind 'socket'"),
     ('[[files]]\nkind = "connect"\nhost = "x"\n', 1, "files[0].port", "required key is missing"),
     ('[[files]]\nkind = "listen"\nprot = "tcp"\n', 1, "files[0].name", "required key is missing"),
     ('[[files]]\nkind = "connect"\nhost = "x"\nport = 70000\n', 4, "files[0].port", "65535"),
@@ -172,3 +172,26 @@ _FRAGMENTS = st.sampled_from([
 def test_plausible_configs_parse_or_raise_config_error(parts: list[str]) -> None:
     with contextlib.suppress(ConfigError):
         config.loads("".join(parts))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "suggestion"),
+    [
+        ('[[file]]\nkind = "stdin"\n', 1, "files"),
+        ('args = []\n[limit]\ntimeout = 3\n', 2, "limits"),
+        ('[[files]]\nkind = "dir"\nhost = "d"\ngust = "/d"\n', 4, "guest"),
+        ('[[files]]\nkind = "stdin"\n[[files]]\nkind = "stdeer"\n', 4, "stderr"),
+    ],
+)
+def test_typos_get_a_line_and_a_suggestion(text: str, line: int, suggestion: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, path="Enarx.toml")
+    assert info.value.line == line, info.value.message
+    assert info.value.hint is not None
+    assert info.value.hint.startswith(f"did you mean {suggestion!r}?")
+
+
+def test_no_suggestion_for_a_far_off_kind() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads('[[files]]\nkind = "socket"\n')
+    assert info.value.hint is not None and "did you mean" not in info.value.hint

@@ -14,6 +14,7 @@ Pure: parsing text into a model; reading the file is the caller's job.
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from typing import Annotated, Any, Literal
@@ -123,8 +124,11 @@ class ConnectFile(_Strict):
 
     @model_validator(mode="after")
     def _name_from_host(self) -> ConnectFile:
-        if self.name is None:
-            _check_name(self.host)
+        if not self.host:
+            raise ValueError("`host` may not be empty")
+        if self.name is None and ":" in self.host:
+            raise ValueError("`host` holds ':' (an IPv6 address), so it cannot be the default "
+                             "name: set `name` (FD_NAMES joins names with ':')")
         return self
 
 
@@ -207,7 +211,9 @@ def from_dict(data: dict[str, Any], *, text: str = "", path: str | None = None) 
         raise ConfigError(
             _message(err),
             path=path,
-            line=_locate(text, loc) if text else None,
+            # An unknown kind points at its `kind =` line, not the [[files]] header.
+            line=_locate(text, (*loc, "kind") if err["type"] == "union_tag_invalid" else loc)
+            if text else None,
             key=key or None,
             hint=_hint(err, loc),
         ) from None
@@ -248,10 +254,27 @@ def _message(err: Any) -> str:
 
 def _hint(err: Any, loc: tuple[Any, ...]) -> str | None:
     if err["type"] == "extra_forbidden":
-        return "remove it, or check its spelling against `enarx config init`"
+        hint = "remove it, or check its spelling against `enarx config init`"
+        close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1) if loc else []
+        return f"did you mean {close[0]!r}? " + hint if close else hint
     if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
-        return "kind is one of null, stdin, stdout, stderr, listen, connect, dir"
+        hint = "kind is one of null, stdin, stdout, stderr, listen, connect, dir"
+        given = err["input"].get("kind") if isinstance(err["input"], dict) else None
+        close = difflib.get_close_matches(str(given), sorted(_KINDS), n=1) if given else []
+        return f"did you mean {close[0]!r}? " + hint if close else hint
     return None
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Keys valid where ``loc`` points, for "did you mean" hints."""
+    if len(loc) == 1:
+        return list(Config.model_fields)
+    if loc[0] == "limits":
+        return list(Limits.model_fields)
+    if loc[0] == "files":
+        models = (ListenFile, ConnectFile, DirFile, NullFile)
+        return sorted({k for m in models for k in m.model_fields})
+    return []
 
 
 def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
@@ -270,7 +293,10 @@ def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
             if not parts:
                 return start + 1
     elif parts and isinstance(parts[0], str):
-        table = [i for i, ln in enumerate(lines) if re.match(rf"\s*\[\s*{re.escape(parts[0])}\s*\]", ln)]
+        table = [i for i, ln in enumerate(lines)
+                 if re.match(rf"\s*\[\[?\s*{re.escape(parts[0])}\s*\]", ln)]
+        if table and len(parts) == 1:
+            return table[0] + 1  # an unknown table such as [[file]]
         if table and len(parts) > 1:
             start = section = table[0]
             end = next((i for i in range(start + 1, len(lines)) if re.match(r"\s*\[", lines[i])), end)

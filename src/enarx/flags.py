@@ -51,7 +51,9 @@ def parse_env_flag(value: str) -> tuple[str, str]:
             raise ValueError("missing '='")
         check_env_key(key)
     except ValueError as e:
-        raise UsageError(f"invalid --env {value!r}: {e}", hint="use --env KEY=VALUE") from None
+        hint = ("drop it; --no-fd-env leaves FD_COUNT/FD_NAMES out" if key in RESERVED_ENV
+                else "use --env KEY=VALUE (an empty value is KEY=)")
+        raise UsageError(f"invalid --env {value!r}: {e}", hint=hint) from None
     return key, val
 
 

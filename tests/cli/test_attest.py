@@ -65,7 +65,7 @@ def test_human_output_and_wrong_platform(tmp_path: Path) -> None:
     args = _verify_args(v, tmp_path, "--at", v.manifest["verify_at"])
     args[args.index("--platform") + 1] = "tdx"
     wrong = CliRunner().invoke(attest, args)
-    assert wrong.exit_code == 4 and "--platform sgx" in wrong.output
+    assert wrong.exit_code == 2 and "use --platform sgx" in wrong.output
 
 
 @pytest.mark.parametrize("case", ["evidence", "collateral-file", "collateral-dir", "at", "mix"])

@@ -243,3 +243,16 @@ def test_damaged_cache_entries_are_fetched_again(vendor: FakeVendor, tmp_path: P
     third = Fetcher(tmp_path)
     fetch_vcek(report, third, kds_url=vendor.url)
     assert third.requests == 2
+
+
+def test_unwritable_out_is_a_clear_error(
+    vendor: FakeVendor, enarx: RunEnarx, tmp_path: Path
+) -> None:
+    _serve_kds(vendor, "ms-milan-v3")
+    report = vector_dir("snp", "ms-milan-v3") / "report.bin"
+    r = enarx("platform", "snp", "vcek", report, "--kds-url", vendor.url,
+              "--cache-dir", tmp_path / "cache", "--out", tmp_path / "missing" / "vcek.pem")
+    assert r.returncode == 2, r.stderr
+    assert b"Traceback" not in r.stderr
+    assert b"--out" in r.stderr and b"cannot write" in r.stderr and b"hint:" in r.stderr
+    assert not (tmp_path / "missing").exists()

@@ -41,8 +41,8 @@ def _read_collateral(directory: str) -> dict[str, bytes]:
         p = root / name
         if role in OPTIONAL and not p.exists():
             continue
-        files[name] = _read(str(p), "collateral file", "fetch the collateral for the quote's "
-                            "FMSPC from Intel PCS or your PCCS and save it under this name")
+        files[name] = _read(str(p), "collateral file", "`enarx platform sgx cache QUOTE --out "
+                            "DIR` writes every file this needs")
     return files
 
 
@@ -55,6 +55,16 @@ def _parse_at(value: str | None) -> dt.datetime | None:
         raise UsageError(f"--at {value!r} is not an ISO 8601 time",
                          hint="e.g. --at 2025-07-19T10:00:00Z") from None
     return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def _check_kind(blob: bytes, platform_: str, evidence: str) -> None:
+    """Refuse evidence of another kind up front, naming the right --platform (exit 2)."""
+    from enarx.attestation.kind import DESCRIPTIONS, detect
+
+    found = detect(blob)
+    if found is not None and found != platform_:
+        raise UsageError(f"{evidence} is {DESCRIPTIONS[found]}, not {DESCRIPTIONS[platform_]}",
+                         hint=f"use --platform {found}")
 
 
 def _fail(err: EnarxError, as_json: bool) -> None:
@@ -134,6 +144,7 @@ def _verify(evidence: str, platform_: str, cert: str | None, chain: str | None,
     when = _parse_at(at)
     blob = _read(evidence, "evidence", "pass the report/quote file as EVIDENCE")
     root = _read(trust_root, "--trust-root", "pass a PEM certificate") if trust_root else None
+    _check_kind(blob, platform_, evidence)
     if platform_ == "snp":
         if collateral:
             raise UsageError("--collateral is for sgx/tdx quotes",
@@ -194,7 +205,7 @@ def _render(result: Any) -> None:
     Console().print(table)
 
 
-_REPORT_HELP = """Produce evidence on this host for REPORT_DATA (hex, up to 64 bytes; zero-padded).
+_REPORT_HELP = """Produce evidence on this host binding --report-data (hex, up to 64 bytes; zero-padded).
 
 Without --platform the first available confidential backend (sev-snp, tdx, sgx) is used.
 With --out FILE the raw report/quote goes to FILE; certificates the platform handed out go
@@ -209,7 +220,8 @@ The simulator (not confidential, for trying the flow anywhere):
 """
 
 
-@attest.command("report", help=_REPORT_HELP)
+@attest.command("report", help=_REPORT_HELP,
+                short_help="Produce evidence on this host (SEV-SNP, TDX, SGX or the simulator).")
 @click.option("--platform", "platform_", type=click.Choice(["sim", *_CONFIDENTIAL]),
               help="Backend to ask (default: first available confidential one).")
 @click.option("--report-data", "report_data", default="",

@@ -15,7 +15,7 @@ def config() -> None:
     """Work with Enarx.toml (the workload's configuration)."""
 
 
-@config.command("init")
+@config.command("init", short_help="Write a commented template Enarx.toml.")
 @click.argument("path", default="Enarx.toml", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path, force: bool) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -58,8 +60,6 @@ def info(as_json: bool) -> None:
 
 
 def _fetcher(cache_dir: str | None, refresh: bool):  # type: ignore[no-untyped-def]
-    from pathlib import Path
-
     from enarx.platform.collateral import Fetcher
 
     return Fetcher(Path(cache_dir) if cache_dir else None, refresh=refresh)
@@ -85,9 +85,10 @@ def snp() -> None:
     """AMD SEV-SNP helpers."""
 
 
-@snp.command("vcek")
+@snp.command("vcek", short_help="Fetch the VCEK for an SNP report from AMD KDS (cached).")
 @click.argument("report", type=click.Path(dir_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), help="Write the VCEK (PEM) here.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Write the VCEK (PEM) here [default: print it].")
 @click.option("--chain-out", type=click.Path(dir_okay=False),
               help="Write the ASK+ARK bundle (PEM) here.")
 @click.option("--product", help="Milan, Genoa or Turin (needed for v2 reports only).")
@@ -100,26 +101,29 @@ def snp_vcek(report: str, out: str | None, chain_out: str | None, product: str |
     The certificate is verified against the report and AMD's shipped roots before it is
     written or cached. Then: enarx attest verify REPORT --platform snp --cert OUT
     """
-    from pathlib import Path
-
     from enarx.attestation.snp.certs import to_pem
     from enarx.cli.output import error_exit, print_json
     from enarx.errors import EnarxError
-    from enarx.fsutil import atomic_write
     from enarx.platform.collateral import KDS_URL, fetch_vcek
 
     fetcher = _fetcher(cache_dir, refresh)
     try:
         data = _read_input(report, "report")
+        _refuse_kind(data, report, {"sgx", "tdx"},
+                     "fetch a quote's collateral with `enarx platform sgx cache QUOTE --out DIR`")
         got = fetch_vcek(data, fetcher, kds_url=kds_url or KDS_URL, product=product)
     except EnarxError as e:
         error_exit(e, as_json=as_json)
         return
     pem = to_pem(got.vcek_der)
-    if out:
-        atomic_write(Path(out), pem)
-    if chain_out:
-        atomic_write(Path(chain_out), got.chain_pem)
+    try:
+        if out:
+            _write(Path(out), pem, "--out")
+        if chain_out:
+            _write(Path(chain_out), got.chain_pem, "--chain-out")
+    except EnarxError as e:
+        error_exit(e, as_json=as_json)
+        return
     if as_json:
         print_json({"product": got.product, "url": got.vcek_url, "out": out,
                     "chain_out": chain_out, "downloads": fetcher.requests})
@@ -134,7 +138,8 @@ def sgx() -> None:
     """Intel SGX/TDX DCAP helpers."""
 
 
-@sgx.command("cache")
+@sgx.command("cache",
+             short_help="Fetch the DCAP collateral for an SGX/TDX quote (cached).")
 @click.argument("quote", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Directory to write the collateral files into (created if missing).")
@@ -147,25 +152,32 @@ def sgx_cache(quote: str, out_dir: str, pcs_url: str | None, root_crl_url: str |
 
     Then: enarx attest verify QUOTE --platform sgx|tdx --collateral OUT
     """
-    from pathlib import Path
-
     from enarx.cli.output import error_exit, print_json
-    from enarx.errors import EnarxError
-    from enarx.fsutil import atomic_write
+    from enarx.errors import EnarxError, UsageError
     from enarx.platform.collateral import PCS_URL, fetch_dcap_collateral
 
     fetcher = _fetcher(cache_dir, refresh)
     try:
         data = _read_input(quote, "quote")
+        _refuse_kind(data, quote, {"snp"},
+                     "fetch a report's VCEK with `enarx platform snp vcek REPORT --out vcek.pem`")
         files = fetch_dcap_collateral(data, fetcher, pcs_url=pcs_url or PCS_URL,
                                       root_crl_url=root_crl_url)
     except EnarxError as e:
         error_exit(e, as_json=as_json)
         return
     target = Path(out_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        atomic_write(target / name, content)
+    try:
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {out_dir}: cannot create: {e.strerror}",
+                             hint="pass a directory you can write to") from None
+        for name, content in files.items():
+            _write(target / name, content, "--out")
+    except EnarxError as e:
+        error_exit(e, as_json=as_json)
+        return
     if as_json:
         print_json({"out": out_dir, "files": sorted(files), "downloads": fetcher.requests})
     else:
@@ -173,11 +185,29 @@ def sgx_cache(quote: str, out_dir: str, pcs_url: str | None, root_crl_url: str |
 
 
 def _read_input(path: str, what: str) -> bytes:
-    from pathlib import Path
-
     from enarx.errors import UsageError
 
     try:
         return Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"{what} {path}: {e.strerror}") from None
+
+
+def _refuse_kind(data: bytes, path: str, wrong: set[str], hint: str) -> None:
+    from enarx.attestation.kind import DESCRIPTIONS, detect
+    from enarx.errors import UsageError
+
+    found = detect(data)
+    if found in wrong:
+        raise UsageError(f"{path} is {DESCRIPTIONS[found]}", hint=hint)
+
+
+def _write(path: Path, data: bytes, flag: str) -> None:
+    from enarx.errors import UsageError
+    from enarx.fsutil import atomic_write
+
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write: {e.strerror}",
+                         hint="check that the directory exists and is writable") from None

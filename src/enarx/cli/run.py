@@ -43,9 +43,11 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     "dirs",
     multiple=True,
     metavar="HOST[::GUEST][:ro]",
-    help="Pre-open a host directory (read-write; ':ro' for read-only). Repeatable.",
+    help="Pre-open a host directory at GUEST (default: the same path), read-write, or "
+    "read-only with ':ro'. Repeatable; fds follow Enarx.toml's files.",
 )
-@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE", help="Set a guest env var.")
+@click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
+              help="Set a guest environment variable (overrides [env]). Repeatable.")
 @click.option(
     "--max-memory",
     callback=_size,
@@ -54,8 +56,9 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     "Default: 4G (the wasm32 maximum).",
 )
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Wall-clock limit; the workload is interrupted when it runs out.")
-@click.option("--fuel", type=click.IntRange(min=1), help="Instruction budget (off by default).")
+              help="Wall-clock limit; the workload is interrupted and enarx exits 124.")
+@click.option("--fuel", type=click.IntRange(min=1),
+              help="Instruction budget (off by default); running out exits 124.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the compiled-module cache.")
 @click.option(
     "--no-fd-env",

@@ -69,9 +69,11 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
         sock.close()
         raise ResourceError(
             f"{where}: cannot listen on {_fmt(sockaddr[0], port)}: {e.strerror}",
-            hint="pick a free port, or an address this host has"
-            if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
-            else None,
+            hint={
+                errno.EADDRINUSE: "another program holds this port: pick a free one "
+                "(`port = 0` takes any free port; the bound one is printed)",
+                errno.EADDRNOTAVAIL: "use an address this host has (`::` listens on all of them)",
+            }.get(e.errno or 0),
         ) from None
     host, bound = sock.getsockname()[:2]
     ctx = None

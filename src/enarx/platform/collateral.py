@@ -130,7 +130,8 @@ class Fetcher:
         except httpx.HTTPError as e:
             raise CollateralFetchError(
                 f"cannot fetch {label} from {url}: {e}",
-                hint="check the network, or point --kds-url/--pcs-url at a reachable cache",
+                hint=f"check the network, or point {_URL_FLAGS.get(what, '--pcs-url')} at a "
+                "reachable service or cache",
             ) from None
         if r.status_code != 200:
             raise CollateralFetchError(
@@ -138,6 +139,10 @@ class Fetcher:
                 hint="404 usually means the service does not know this chip/TCB/FMSPC",
             )
         return Response(r.content, {k.lower(): v for k, v in r.headers.items()})
+
+
+#: The CLI flag that moves each download elsewhere (default: --pcs-url), for error hints.
+_URL_FLAGS = {"VCEK": "--kds-url", "ASK/ARK chain": "--kds-url", "Root CA CRL": "--root-crl-url"}
 
 
 def _join(base: str, path: str) -> str:

@@ -93,6 +93,12 @@ def compile_module(
     return module
 
 
+#: Binary header of a component (WASI preview2): magic, then version 0x0d and layer 1.
+COMPONENT_HEADER = b"\0asm\x0d\x00\x01\x00"
+PREVIEW2_HINT = ("enarx runs WASI preview1 command modules: build for wasm32-wasip1 (wasm32-wasi "
+                 "in older toolchains), not wasm32-wasip2, and do not componentize it")
+
+
 def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
     if not wasm.startswith(b"\0asm"):
         if not wasm.strip():
@@ -102,11 +108,21 @@ def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
         except UnicodeDecodeError:
             text = ""
         if not text.lstrip().startswith(("(", ";;")):
+            if all(c.isprintable() or c in "\r\n\t" for c in text[:4096]):
+                raise InvalidModule(
+                    "not a WebAssembly module: the file is text "
+                    f"(starts {(text.strip().splitlines() or [''])[0][:32]!r})",
+                    hint="pass the compiled .wasm (built for wasm32-wasi), or WebAssembly text "
+                    "starting with `(module`",
+                )
             raise InvalidModule("not a WebAssembly module (bad magic number)")
         try:
             wasm = wasmtime.wat2wasm(text)
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid WebAssembly text: {_first_line(e)}") from None
+    if wasm.startswith(COMPONENT_HEADER):
+        raise InvalidModule("this is a WebAssembly component (component model / WASI preview2), "
+                            "not a core module", hint=PREVIEW2_HINT)
     # ctypes releases the GIL while wasmtime compiles, so a spinner thread keeps turning.
     try:
         return wasmtime.Module(engine, wasm)
@@ -115,5 +131,6 @@ def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
 
 
 def _first_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return "; ".join(lines[:2]) if lines else type(e).__name__
+    # wasmtime says "<what failed>\n\nCaused by:\n    <why>": keep the what and the why.
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and ln.strip() != "Caused by:"]
+    return ": ".join(lines[:2]) if lines else type(e).__name__

@@ -11,7 +11,7 @@ from typing import Protocol
 import wasmtime
 
 from enarx.errors import InvalidModule, OutOfFuel, Timeout, Trap
-from enarx.runtime.engine import EngineSettings, get_engine
+from enarx.runtime.engine import PREVIEW2_HINT, EngineSettings, get_engine
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,10 @@ def _instantiate(
         raise  # a trap in a start function is the workload's own
     except wasmtime.WasmtimeError as e:
         msg = _one_line(e)
+        if "unknown import" in msg and "`wasi:" in msg:
+            raise InvalidModule(
+                f"the module imports WASI preview2 interfaces: {msg}", hint=PREVIEW2_HINT
+            ) from None
         if "unknown import" in msg:
             raise InvalidModule(
                 f"cannot link the module: {msg}",

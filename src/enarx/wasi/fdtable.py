@@ -401,10 +401,14 @@ class DirHandle(_HostFdHandle):
         except FileNotFoundError:
             raise ResourceError(
                 f"pre-opened directory {host_path!r} does not exist",
-                hint="create the directory or fix the path in Enarx.toml",
+                hint="create the directory, or fix the path (--dir or `host` in Enarx.toml)",
             ) from None
         except NotADirectoryError:
-            raise ResourceError(f"{host_path!r} is not a directory") from None
+            raise ResourceError(
+                f"{host_path!r} is not a directory",
+                hint="--dir (and kind = \"dir\") takes a directory: pre-open the one holding "
+                "the file and pass the guest the file's path inside it",
+            ) from None
         except OSError as e:
             raise ResourceError(f"cannot open directory {host_path!r}: {e.strerror}") from None
         return cls(fd, readonly=readonly, guest_path=os.fsencode(guest_path))

@@ -22,7 +22,8 @@ from enarx.errors import (
 
 _Err = Callable[..., AttestationError]
 
-_UPDATE_HINT = "fetch fresh collateral (TCB Info, QE Identity, CRLs) from Intel PCS or your PCCS"
+_UPDATE_HINT = ("fetch fresh collateral (`enarx platform sgx cache QUOTE --out DIR`), or check "
+                "old evidence as of a past time with --at")
 
 # (phrase, error type, check, hint). First match wins, so order matters: phrases in a
 # "Caused by" chain are matched before the generic context line above them.

@@ -76,7 +76,8 @@ SEVERITY = {
 COMPONENTS = 16
 # v3 signature data: quote signature (64) ‖ attestation key (64) ‖ QE report (384) ‖ ...
 _QE_REPORT_AT = HEADER_LEN + SGX_REPORT_LEN + 4 + 128
-_UPDATE_HINT = "fetch fresh collateral (TCB Info, QE Identity, CRLs) from Intel PCS or your PCCS"
+_UPDATE_HINT = ("fetch fresh collateral (`enarx platform sgx cache QUOTE --out DIR`), or check "
+                "old evidence as of a past time with --at")
 
 
 # --- parsed collateral -----------------------------------------------------------------------

@@ -201,9 +201,10 @@ def _build(
     if root.der not in trusted:
         raise ChainInvalid(
             "snp.chain.root", "the chain ends in a root that is not trusted",
-            expected="a shipped AMD ARK or a trust_roots entry",
+            expected="a shipped AMD ARK or an explicit trust root",
             actual=f"{root.subject_str} sha256={root.sha256.hex()}",
-            hint="pass the root in trust_roots only if you really trust it (e.g. the sim ARK)",
+            hint="trust it explicitly (--trust-root, or trust_roots in the API) only if you "
+            "really do, e.g. the sim ARK",
         )
     if not root.signed_by(root):
         raise ChainInvalid("snp.chain.root", "the root is not self-signed",

@@ -79,7 +79,8 @@ def verify_report(
     if cert is None:
         raise ChainInvalid(
             "snp.chain.vcek", "no VCEK or VLEK certificate given",
-            hint="pass the certificate from the extended report, or fetch it from AMD KDS",
+            hint="pass it (--cert): from the extended report, or fetched from AMD KDS with "
+            "`enarx platform snp vcek REPORT --out vcek.pem`",
         )
     verified = verify_chain(cert, chain, trust_roots, crls, at=at)
     _check_signature(report, verified)
