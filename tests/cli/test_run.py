@@ -262,3 +262,32 @@ def test_configured_steward_is_never_silently_ignored(
     r = enarx("run", *NIL, "--wasmcfgfile", cfg, env_wasm)
     assert r.returncode == 0, r.stderr
     assert b"steward https://steward.example is configured" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["small", "big"])
+def test_timeout_ends_writes_to_a_pipe_nobody_reads(
+    module_cache: Path, tmp_path: Path, mode: str
+) -> None:
+    # stdout is a pipe the test never drains: the guest blocks in fd_write once it is full.
+    import subprocess
+
+    from cliutil import ENARX
+
+    env = {**os.environ, "ENARX_CACHE_DIR": str(module_cache)}
+    proc = subprocess.Popen(
+        [str(ENARX), "run", *NIL, "--timeout", "1", str(build_c("cli_yes.c")), mode],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdout.close()  # type: ignore[union-attr]
+    assert code == 124
+
+
+def test_writes_with_a_deadline_are_complete_and_in_order(enarx: RunEnarx) -> None:
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    r = enarx("run", *NIL, "--timeout", "60", build_c("cli_cat.c"), input=data)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == data

@@ -23,7 +23,7 @@ from enarx.wasi.abi import (
     WasiError,
 )
 from enarx.wasi.fdtable import DirHandle, FileHandle, Handle, NullHandle, StdioHandle
-from enarx.wasi.guestmem import iovecs, view, write_bytes
+from enarx.wasi.guestmem import clip, iovecs, view, write_bytes
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable
@@ -56,8 +56,18 @@ def check_fstflags(fst: int) -> None:
         raise WasiError(Errno.INVAL)
 
 
+def _may_block(h: Handle) -> bool:
+    """Host fds whose blocking I/O can wait forever: stdio, FIFOs and devices."""
+    if h.fdflags & abi.FDFLAG_NONBLOCK:
+        return False
+    return type(h) is StdioHandle or (
+        type(h) is FileHandle and h.filetype != Filetype.REGULAR_FILE
+    )
+
+
 class FdCalls:
     fds: FdTable
+    deadline: float | None
 
     def check_deadline(self) -> float | None:  # provided by WasiHost
         raise NotImplementedError
@@ -70,6 +80,8 @@ class FdCalls:
             return Errno.BADF
         if not h.rights_base & _W:
             return Errno.NOTCAPABLE
+        if self.deadline is not None and _may_block(h):
+            return self._fd_write_by_deadline(mv, h, iovs, n, out)
         if n == 1:
             buf, ln = _unpack_iovec(mv, iovs)
             end = buf + ln
@@ -84,22 +96,32 @@ class FdCalls:
         h = self.fds.get(fd)
         if not h.rights_base & abi.RIGHT_FD_READ:
             raise WasiError(Errno.NOTCAPABLE)
-        if not h.fdflags & abi.FDFLAG_NONBLOCK and (
-            type(h) is StdioHandle
-            or (type(h) is FileHandle and h.filetype != Filetype.REGULAR_FILE)  # FIFO, device
-        ):
-            self._wait_readable(h.host_fd)
+        if _may_block(h):
+            self._wait_readable(h.host_fd)  # type: ignore[attr-defined]
         U32.pack_into(mv, out, h.read(iovecs(mv, iovs, n)))
         return 0
 
+    def _fd_write_by_deadline(
+        self, mv: memoryview, h: Handle, iovs: int, n: int, out: int
+    ) -> int:
+        """A write to a pipe/tty/FIFO nobody drains must not outlive the deadline: wait until
+        the fd is writable, then write at most PIPE_BUF bytes, which cannot block once poll
+        says so. A short write is a valid answer; libc writes the rest in the next call."""
+        self._wait_ready(h.host_fd, select.POLLOUT)  # type: ignore[attr-defined]
+        _pack_u32(mv, out, h.write(clip(iovecs(mv, iovs, n), select.PIPE_BUF)))
+        return 0
+
     def _wait_readable(self, host_fd: int) -> None:
-        """With a deadline, a blocking read must not outlive it (wasm cannot be
+        self._wait_ready(host_fd, select.POLLIN | select.POLLPRI)
+
+    def _wait_ready(self, host_fd: int, events: int) -> None:
+        """With a deadline, a blocking read or write must not outlive it (wasm cannot be
         interrupted while inside a host call)."""
         left = self.check_deadline()
         if left is None:
             return
         poller = select.poll()  # not select(): guest-opened fds may be above FD_SETSIZE
-        poller.register(host_fd, select.POLLIN | select.POLLPRI)
+        poller.register(host_fd, events)
         while not poller.poll(max(1, int(min(left, 1.0) * 1000))):
             left = self.check_deadline()
             assert left is not None

@@ -60,6 +60,18 @@ def advance(bufs: list[memoryview], n: int) -> list[memoryview]:
     return rest
 
 
+def clip(bufs: list[memoryview], limit: int) -> list[memoryview]:
+    """The first ``limit`` bytes of ``bufs`` (views, never copies)."""
+    out = []
+    for b in bufs:
+        if len(b) >= limit:
+            out.append(b[:limit])
+            break
+        out.append(b)
+        limit -= len(b)
+    return out
+
+
 def fill_random(mv: memoryview, ptr: int, length: int) -> None:
     """random_get: bounds first, then chunk by chunk (never ``length`` bytes at once)."""
     dest = view(mv, ptr, length)
