@@ -172,17 +172,16 @@ class FdCalls:
         return 0
 
     def _fd_sync(self, fd: int) -> int:
-        h = self.fds.get(fd)
-        if not isinstance(h, DirHandle):  # directories sync without the right, as wasmtime
-            _need(h, abi.RIGHT_FD_SYNC)
-        h.sync(data_only=False)
-        return 0
+        return self._sync(fd, abi.RIGHT_FD_SYNC, data_only=False)
 
     def _fd_datasync(self, fd: int) -> int:
+        return self._sync(fd, abi.RIGHT_FD_DATASYNC, data_only=True)
+
+    def _sync(self, fd: int, right: int, *, data_only: bool) -> int:
         h = self.fds.get(fd)
         if not isinstance(h, DirHandle):  # directories sync without the right, as wasmtime
-            _need(h, abi.RIGHT_FD_DATASYNC)
-        h.sync(data_only=True)
+            _need(h, right)
+        h.sync(data_only=data_only)
         return 0
 
     def _fd_advise(self, fd: int, offset: int, length: int, advice: int) -> int:

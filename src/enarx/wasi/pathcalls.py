@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat as st
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from enarx.wasi import abi
@@ -255,13 +256,22 @@ class PathCalls:
         return 0
 
     def _path_remove_directory(self, mv: memoryview, fd: int, path: int, length: int) -> int:
-        d = _dir(self.fds, fd, abi.RIGHT_PATH_REMOVE_DIRECTORY, write=True)
+        return self._remove(mv, fd, path, length, abi.RIGHT_PATH_REMOVE_DIRECTORY, os.rmdir,
+                            dot=Errno.INVAL)
+
+    def _remove(
+        self, mv: memoryview, fd: int, path: int, length: int, right: int,
+        remove: Callable[..., None], *, dot: int,
+    ) -> int:
+        """rmdir / unlink of the last component, never following it; ``dot`` is the errno
+        for removing "." itself."""
+        d = _dir(self.fds, fd, right, write=True)
         p = self._path(mv, path, length)
         with resolve(d.host_fd, p, follow=False) as r:
             if r.name == b".":
-                raise WasiError(Errno.INVAL)
+                raise WasiError(dot)
             try:
-                os.rmdir(r.name_slash, dir_fd=r.dirfd)
+                remove(r.name_slash, dir_fd=r.dirfd)
             except OSError as e:
                 raise from_oserror(e) from None
         return 0
@@ -313,13 +323,5 @@ class PathCalls:
         return 0
 
     def _path_unlink_file(self, mv: memoryview, fd: int, path: int, length: int) -> int:
-        d = _dir(self.fds, fd, abi.RIGHT_PATH_UNLINK_FILE, write=True)
-        p = self._path(mv, path, length)
-        with resolve(d.host_fd, p, follow=False) as r:
-            if r.name == b".":
-                raise WasiError(Errno.ISDIR)
-            try:
-                os.unlink(r.name_slash, dir_fd=r.dirfd)
-            except OSError as e:
-                raise from_oserror(e) from None
-        return 0
+        return self._remove(mv, fd, path, length, abi.RIGHT_PATH_UNLINK_FILE, os.unlink,
+                            dot=Errno.ISDIR)

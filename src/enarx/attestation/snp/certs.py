@@ -118,16 +118,9 @@ class AmdCert:
 
     def signed_by(self, issuer: AmdCert) -> bool:
         """True if ``issuer``'s RSA key made this certificate's RSA-PSS SHA-384 signature."""
-        key = issuer.public_key
         if self.signature_oid != SignatureAlgorithmOID.RSASSA_PSS.dotted_string:
             return False
-        if not isinstance(key, rsa.RSAPublicKey):
-            return False
-        try:
-            key.verify(self.signature, self.tbs, PSS_SHA384, hashes.SHA384())
-        except (InvalidSignature, ValueError):
-            return False
-        return True
+        return pss_verifies(issuer.public_key, self.signature, self.tbs)
 
     def valid_at(self, at: dt.datetime) -> bool:
         return self.not_before <= at <= self.not_after
@@ -176,11 +169,15 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
 
 
 def crl_signed_by(crl: x509.CertificateRevocationList, issuer: AmdCert) -> bool:
-    key = issuer.public_key
+    return pss_verifies(issuer.public_key, crl.signature, crl.tbs_certlist_bytes)
+
+
+def pss_verifies(key: Any, signature: bytes, data: bytes) -> bool:
+    """True if ``key`` is RSA and made ``signature`` over ``data`` with AMD's PSS-SHA384."""
     if not isinstance(key, rsa.RSAPublicKey):
         return False
     try:
-        key.verify(crl.signature, crl.tbs_certlist_bytes, PSS_SHA384, hashes.SHA384())
+        key.verify(signature, data, PSS_SHA384, hashes.SHA384())
     except (InvalidSignature, ValueError):
         return False
     return True
