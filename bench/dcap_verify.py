@@ -1,7 +1,7 @@
 """DCAP quote verification time per quote (mean over N runs) for each SGX/TDX vector at its
 manifest's verify_at. Also times dcap-qvl alone, to show our wrapper's overhead.
 
-Usage: .venv/bin/python bench/dcap_verify.py [N]   (vectors: $ENARX_VECTORS or ../shared/vectors)
+Usage: .venv/bin/python bench/dcap_verify.py [N]   (vectors: $ENARX_VECTORS or tests/data/vectors)
 """
 
 from __future__ import annotations
@@ -9,20 +9,16 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import dcap_qvl
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests.*
 from enarx.attestation.dcap import COLLATERAL_FILES, Collateral, verify_quote
 from enarx.errors import AttestationError
-
-
-def _vectors() -> Path:
-    env = os.environ.get("ENARX_VECTORS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / ".." / "shared" / "vectors"
+from tests.vectors import location as _vectors
 
 
 def main(n: int) -> None:

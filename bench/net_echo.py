@@ -31,8 +31,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from guestbuild import build_c  # noqa: E402 (needs the path above)
+sys.path.insert(0, str(ROOT))  # the repo root, for tests.*
+from tests.guestbuild import build_c  # noqa: E402 (needs the path above)
 
 ENARX = Path(sys.executable).with_name("enarx")
 SOURCE = ROOT / "tests" / "guests" / "c" / "net_echo.c"

@@ -31,7 +31,8 @@ GO_PKG=golang-1.23-go
 # rustc links wasm through rust-lld, which Debian points at lld-14.
 APT_PKGS=(rustc libstd-rust-dev-wasm32 lld-14 "$GO_PKG"
     clang-14 wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32
-    openssl curl)  # openssl/curl: real TLS clients for tests/net
+    openssl curl   # openssl/curl: real TLS clients for tests/net
+    postgresql)    # PostgreSQL server for tests/steward (tests/steward/pg.py starts its own)
 
 failed=()
 say() { printf '%-16s %s\n' "$1" "$2"; }

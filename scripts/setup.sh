@@ -24,6 +24,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing enarx and its dependencies into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -e '.[test]' 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c 'import enarx, wasmtime, cryptography, dcap_qvl' # fail loudly if pip did
+  "$VENV/bin/python" -c 'import enarx, wasmtime, cryptography, dcap_qvl, mypy' # fail loudly if pip did
   touch "$stamp"
 fi
+# Build the native fd_read/fd_write path now (otherwise the first run builds it). Quiet and
+# never fatal: without a C compiler enarx uses its pure-Python path (enarx/wasi/native.py).
+"$VENV/bin/python" -c 'from enarx.wasi import native; native.library()' 2>/dev/null || true

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from cliutil import ENARX, RunEnarx
+from tests.cliutil import ENARX, RunEnarx
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +28,8 @@ def enarx(module_cache: Path) -> RunEnarx:
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[bytes]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ENARX_")}
+        if "ENARX_NATIVE" in os.environ:  # `ENARX_NATIVE=0 pytest` tests the Python path
+            full_env["ENARX_NATIVE"] = os.environ["ENARX_NATIVE"]
         full_env["ENARX_CACHE_DIR"] = str(module_cache)
         full_env.update(env or {})
         return subprocess.run(

@@ -195,3 +195,66 @@ def test_no_suggestion_for_a_far_off_kind() -> None:
     with pytest.raises(ConfigError) as info:
         config.loads('[[files]]\nkind = "socket"\n')
     assert info.value.hint is not None and "did you mean" not in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("# deep\na = " + "[" * 3000 + "]" * 3000 + "\n", 2),
+        ('x = "[[[[ not nesting"\nb = ' + "{c = " * 3000 + "1" + "}" * 3000 + "\n", 2),
+    ],
+)
+def test_deeply_nested_toml_is_a_config_error_with_a_line(text: str, line: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(text, path="Enarx.toml")
+    assert info.value.line == line
+    assert "nested too deeply" in info.value.message and info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("body", "key"),
+    [
+        ('kind = "dir"\nhost = "data\\u0000/etc"', "files[0].host"),
+        ('kind = "dir"\nhost = "d"\nguest = "/d\\u0000"', "files[0].guest"),
+        ('kind = "connect"\nhost = "h"\nport = 1\ntrust = "ca\\u0000.pem"', "files[0].trust"),
+        ('kind = "null"\nname = "n\\u0000"', "files[0].name"),
+    ],
+)
+def test_nul_byte_in_a_path_or_name_names_the_entry(body: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(f"[[files]]\n{body}\n", path="Enarx.toml")
+    assert info.value.key == key and "NUL" in info.value.message
+    assert info.value.hint and "\\u0000" in info.value.hint
+
+
+def test_nul_byte_in_args_or_env_values() -> None:
+    for text in ('args = ["a\\u0000b"]\n', '[env]\nA = "x\\u0000"\n'):
+        with pytest.raises(ConfigError, match="NUL byte"):
+            config.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ('kind = "listen"\nname = "l"\naddr = "a..b"', "empty DNS label"),
+        ('kind = "listen"\nname = "l"\naddr = ".x"', "empty DNS label"),
+        ('kind = "connect"\nport = 1\nhost = "' + "a" * 64 + '.example"', "at most 63"),
+        ('kind = "connect"\nport = 1\nhost = "' + "é" * 70 + '.example"', "not a valid DNS label"),
+        ('kind = "connect"\nport = 1\nhost = "' + "a." * 127 + 'a"', "at most 253"),
+    ],
+)
+def test_bad_dns_names_are_config_errors(body: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads(f"[[files]]\n{body}\n", path="Enarx.toml")
+    assert fragment in info.value.message and info.value.line is not None
+    assert info.value.hint and "63 bytes" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "host", ["example.com", "example.com.", "127.0.0.1", "::1", "fe80::1%lo", "bücher.example",
+             "a" * 63 + ".example", "localhost"]
+)
+def test_good_host_names_pass(host: str) -> None:
+    name = '\nname = "n"' if ":" in host else ""
+    c = config.loads(f'[[files]]\nkind = "connect"\nport = 1\nhost = "{host}"{name}\n')
+    assert c.files is not None and c.files[0].host == host  # type: ignore[union-attr]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_progress_hook_runs_for_large_modules_only(tmp_path: Path) -> None:
         calls.append(size)
         return lambda: calls.append(-1)
 
-    cache = ModuleCache(tmp_path)
+    cache = ModuleCache(tmp_path, secrets.token_bytes(32))
     big = _big_module(LARGE_MODULE + 1024)
     compile_module(big, EngineSettings(), cache=cache, on_compile=hook)
     assert calls[0] == len(big) and calls[-1] == -1
@@ -84,7 +85,7 @@ def test_large_module_shows_progress_on_the_cli(enarx, tmp_path: Path) -> None: 
 
 @pytest.mark.parametrize("fuel", [False, True])
 def test_cache_keys_differ_by_engine_settings(tmp_path: Path, fuel: bool) -> None:
-    cache = ModuleCache(tmp_path)
+    cache = ModuleCache(tmp_path, secrets.token_bytes(32))
     compile_module(HELLO.read_bytes(), EngineSettings(fuel=fuel), cache=cache)
     compile_module(HELLO.read_bytes(), EngineSettings(fuel=not fuel), cache=cache)
     assert len(list(tmp_path.glob("*.cwasm"))) == 2

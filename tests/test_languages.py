@@ -20,8 +20,8 @@ from typing import TypeVar
 
 import pytest
 
-from cliutil import RunEnarx
-from guestbuild import (
+from tests.cliutil import RunEnarx
+from tests.guestbuild import (
     GUESTS,
     ToolchainMissing,
     build_as,

@@ -7,6 +7,7 @@ WASI fd i. Unknown keys are rejected so typos do not pass silently.
 Extensions (an upstream file stays valid; see docs/enarx-toml.md):
 - ``[[files]] kind = "dir"`` pre-opens a host directory: ``host`` (host path), ``guest``
   (path the guest sees, default = ``host``), ``readonly`` (default false), ``name``.
+- ``steward_ca``: PEM file of the CA that signs the steward's TLS certificate (with ``steward``).
 - ``[limits]``: ``max_memory`` ("64M", "1G" or bytes), ``timeout`` (seconds), ``fuel``.
 
 Pure: parsing text into a model; reading the file is the caller's job.
@@ -15,6 +16,7 @@ Pure: parsing text into a model; reading the file is the caller's job.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 import tomllib
 from typing import Annotated, Any, Literal
@@ -34,6 +36,8 @@ from enarx.errors import ConfigError
 from enarx.flags import (  # re-exported: the light helpers live in enarx.flags
     DEFAULT_MAX_MEMORY,
     DEFAULT_TIMEOUT,
+    MAX_FUEL,
+    MAX_TIMEOUT,
     RESERVED_ENV,
     SIZE_RE,
     check_env_key,
@@ -45,10 +49,27 @@ from enarx.flags import (  # re-exported: the light helpers live in enarx.flags
 )
 
 __all__ = [
+    "DEFAULT_MAX_MEMORY",
+    "DEFAULT_TIMEOUT",
     "RESERVED_ENV",
     "SIZE_RE",
+    "TEMPLATE",
+    "Config",
+    "ConnectFile",
+    "DirFile",
+    "File",
+    "Limits",
+    "ListenFile",
+    "NullFile",
+    "StderrFile",
+    "StdinFile",
+    "StdoutFile",
     "check_env_key",
+    "fd_environment",
     "file_name",
+    "from_dict",
+    "loads",
+    "parse_dir_flag",
     "parse_env_flag",
     "parse_size",
 ]
@@ -58,7 +79,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _no_nul(value: str) -> str:
+    # A NUL cannot be part of a path, argument or environment string on any host.
+    if "\0" in value:
+        raise ValueError("may not contain a NUL byte (\\u0000)")
+    return value
+
+
+#: A path, argument or environment value: any text but NUL.
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _check_host(host: str) -> str:
+    """An IP address or a DNS name whose labels are 1-63 bytes ("" is left to the caller)."""
+    _no_nul(host)
+    if not host:
+        return host
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    for label in name.split("."):
+        if not label:
+            raise ValueError(f"{host!r} has an empty DNS label (two dots in a row, or a "
+                             "leading dot)")
+        try:
+            encoded = label.encode("ascii") if label.isascii() else label.encode("idna")
+        except UnicodeError:
+            raise ValueError(f"{host!r}: {label!r} is not a valid DNS label") from None
+        if len(encoded) > 63:
+            raise ValueError(f"{host!r}: the DNS label {label[:16]!r}... is {len(encoded)} "
+                             "bytes long; a label has at most 63")
+    if len(name) > 253:
+        raise ValueError(f"the host name is {len(name)} characters long; at most 253")
+    return host
+
+
+HostName = Annotated[str, AfterValidator(_check_host)]
+
+
 def _check_name(name: str) -> str:
+    _no_nul(name)
     # FD_NAMES joins names with ':', so a name holding one would split wrongly.
     if ":" in name:
         raise ValueError("file names may not contain ':'")
@@ -97,10 +160,10 @@ class ListenFile(_Strict):
     kind: Literal["listen"]
     name: Name
     prot: Literal["tcp", "tls"] = "tls"
-    addr: str = "::"
+    addr: HostName = "::"
     port: Port | None = None
     #: Extension: PEM bundle of CAs whose client certificates the TLS listener requires (mTLS).
-    client_ca: str | None = None
+    client_ca: Text | None = None
 
     @property
     def effective_port(self) -> int:
@@ -111,12 +174,12 @@ class ListenFile(_Strict):
 
 class ConnectFile(_Strict):
     kind: Literal["connect"]
-    host: str
+    host: HostName
     port: Port
     prot: Literal["tcp", "tls"] = "tls"
     name: Name | None = None
     #: Extension: "system" (default) or a PEM file of trust anchors for TLS connections.
-    trust: str = "system"
+    trust: Text = "system"
 
     @property
     def effective_name(self) -> str:
@@ -136,8 +199,8 @@ class DirFile(_Named):
     """Extension: a pre-opened host directory (upstream could not run CPython without it)."""
 
     kind: Literal["dir"]
-    host: str
-    guest: str | None = None
+    host: Text
+    guest: Text | None = None
     readonly: bool = False
 
     @property
@@ -153,8 +216,10 @@ File = Annotated[
 
 class Limits(_Strict):
     max_memory: int = DEFAULT_MAX_MEMORY
-    timeout: float | None = Field(default=DEFAULT_TIMEOUT, gt=0)
-    fuel: int | None = Field(default=None, gt=0)
+    timeout: float | None = Field(
+        default=DEFAULT_TIMEOUT, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False
+    )
+    fuel: int | None = Field(default=None, gt=0, le=MAX_FUEL)
 
     @field_validator("max_memory", mode="before")
     @classmethod
@@ -169,8 +234,10 @@ EnvKey = Annotated[str, AfterValidator(check_env_key)]
 
 class Config(_Strict):
     steward: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[EnvKey, str] = Field(default_factory=dict)
+    #: PEM file of the CA that signs the steward's TLS certificate (relative to Enarx.toml)
+    steward_ca: str | None = None
+    args: list[Text] = Field(default_factory=list)
+    env: dict[EnvKey, Text] = Field(default_factory=dict)
     files: list[File] | None = None
     limits: Limits = Field(default_factory=Limits)
 
@@ -193,6 +260,13 @@ def loads(text: str, *, path: str | None = None) -> Config:
     """Parse Enarx.toml text. Errors name the file, the line and the key at fault."""
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(
+            f"arrays or tables nested too deeply (more than {_MAX_DEPTH} levels)",
+            path=path,
+            line=_deep_line(text),
+            hint="Enarx.toml needs only a few levels of nesting: check for unbalanced brackets",
+        ) from None
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         line = int(m.group(1)) if m else (text.count("\n") + 1 if "end of document" in str(e) else None)
@@ -201,9 +275,48 @@ def loads(text: str, *, path: str | None = None) -> Config:
     return from_dict(data, text=text, path=path)
 
 
+_MAX_DEPTH = 100
+
+
+def _deep_line(text: str) -> int | None:
+    """Best-effort line where ``[``/``{`` nesting first passes ``_MAX_DEPTH`` (strings skipped)."""
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "\n":
+            line += 1
+        elif c == "#":
+            i = text.find("\n", i)
+            if i < 0:
+                break
+            continue
+        elif c in "\"'":
+            quote = c * 3 if text.startswith(c * 3, i) else c
+            j = i + len(quote)
+            while j < n and not text.startswith(quote, j):
+                if c == '"' and text[j] == "\\":
+                    j += 1
+                if j < n and text[j] == "\n":
+                    line += 1
+                j += 1
+            i = j + len(quote)
+            continue
+        elif c in "[{":
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return line
+        elif c in "]}":
+            depth -= 1
+        i += 1
+    return None
+
+
 def from_dict(data: dict[str, Any], *, text: str = "", path: str | None = None) -> Config:
     try:
         return _CONFIG.validate_python(data)
+    except RecursionError:
+        raise ConfigError("values nested too deeply", path=path,
+                          hint="Enarx.toml needs only a few levels of nesting") from None
     except ValidationError as e:
         err = e.errors()[0]
         loc = _clean_loc(err["loc"])
@@ -253,6 +366,12 @@ def _message(err: Any) -> str:
 
 
 def _hint(err: Any, loc: tuple[Any, ...]) -> str | None:
+    msg = str(err.get("msg", ""))
+    if "NUL byte" in msg:
+        return "remove the \\u0000 escape: paths, arguments, names and values cannot hold NUL"
+    if "DNS label" in msg or "host name is" in msg:
+        return ("use an IP address or a DNS name: labels of 1 to 63 bytes separated by "
+                "single dots")
     if err["type"] == "extra_forbidden":
         hint = "remove it, or check its spelling against `enarx config init`"
         close = difflib.get_close_matches(str(loc[-1]), _known_keys(loc), n=1) if loc else []
@@ -322,6 +441,7 @@ TEMPLATE = """\
 
 # Steward: the attestation service that issues this Keep's certificate.
 # steward = "https://steward.example.com"
+# steward_ca = "steward-ca.pem"   # the steward's CA (`enarx steward ca`); required with steward
 
 # Arguments passed to the workload (after argv[0]).
 args = []

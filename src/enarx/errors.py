@@ -10,6 +10,30 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "AttestationError",
+    "BackendUnavailable",
+    "ChainInvalid",
+    "ConfigError",
+    "EnarxError",
+    "EvidenceError",
+    "Interrupted",
+    "InvalidModule",
+    "MalformedEvidence",
+    "OutOfFuel",
+    "PlatformError",
+    "PolicyViolation",
+    "ProtocolError",
+    "ResourceError",
+    "SignatureInvalid",
+    "StoreError",
+    "TcbMismatch",
+    "Timeout",
+    "Trap",
+    "UsageError",
+    "WorkloadNotFound",
+]
+
 
 class EnarxError(Exception):
     """Base of every error enarx raises on purpose."""
@@ -112,10 +136,41 @@ class OutOfFuel(Trap):
     default_hint = "raise --fuel (or `fuel` in Enarx.toml)"
 
 
+class Interrupted(Trap):
+    """The run was interrupted (Ctrl-C / SIGINT) while the guest ran."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports it
+
+
 class ResourceError(EnarxError):
     """A host resource named in the config could not be set up (dir, socket, ...)."""
 
     exit_code = 2
+
+
+class StoreError(ResourceError):
+    """The steward's database (``--db``) cannot be opened, reached or used."""
+
+    default_hint = "check --db: the SQLite file's directory, or that PostgreSQL is reachable"
+
+
+class ProtocolError(EnarxError):
+    """A steward request is malformed: JSON, JWK, JWE, CSR or evidence envelope.
+
+    ``kind`` is the key-broker error name the service reports as
+    ``{"type": ".../kbs/errors/<kind>"}`` (e.g. ``InvalidRequest``, ``JWEFailed``).
+    """
+
+    exit_code = 2
+
+    def __init__(self, kind: str, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.kind = kind
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        out["kind"] = self.kind
+        return out
 
 
 # --- platforms -----------------------------------------------------------------------------

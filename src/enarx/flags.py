@@ -13,8 +13,30 @@ from typing import Any
 
 from enarx.errors import UsageError
 
+__all__ = [
+    "DEFAULT_FILES",
+    "DEFAULT_MAX_MEMORY",
+    "DEFAULT_TIMEOUT",
+    "MAX_FUEL",
+    "MAX_TIMEOUT",
+    "RESERVED_ENV",
+    "SIZE_RE",
+    "DirSpec",
+    "StdioSpec",
+    "check_env_key",
+    "fd_environment",
+    "file_name",
+    "parse_dir_spec",
+    "parse_env_flag",
+    "parse_size",
+]
+
 DEFAULT_MAX_MEMORY = 4 << 30  # the whole 32-bit address space: limits are opt-in
 DEFAULT_TIMEOUT: float | None = None
+#: Longest timeout (a year): anything longer, inf or nan cannot arm the run's timer.
+MAX_TIMEOUT = 365 * 24 * 3600.0
+#: Largest fuel budget: wasmtime's fuel counter is an unsigned 64-bit integer.
+MAX_FUEL = (1 << 64) - 1
 
 SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 

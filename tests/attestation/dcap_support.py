@@ -10,8 +10,7 @@ from typing import Any
 
 from enarx.attestation.dcap import COLLATERAL_FILES, Collateral, verify_quote
 from enarx.attestation.result import VerifiedEvidence
-
-from vectors import all_vectors, load_manifest
+from tests.vectors import all_vectors, load_manifest
 
 DCAP = [("sgx", n) for n in all_vectors("sgx")] + [("tdx", n) for n in all_vectors("tdx")]
 

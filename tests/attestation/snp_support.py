@@ -15,8 +15,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from enarx.attestation.result import VerifiedEvidence
 from enarx.attestation.snp import verify_report
-
-from vectors import load_manifest
+from tests.vectors import load_manifest
 
 
 @dataclass

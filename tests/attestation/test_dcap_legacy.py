@@ -15,7 +15,6 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from dcap_support import DcapVector, load_dcap
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -32,7 +31,7 @@ from enarx.attestation.dcap.legacy import (
     verify_chain,
     verify_sgx_tcb_info_v2,
 )
-from enarx.attestation.dcap.verify import shipped_root_der
+from enarx.attestation.dcap.verify import shipped_root, shipped_root_der
 from enarx.attestation.result import TcbStatus
 from enarx.errors import (
     AttestationError,
@@ -41,6 +40,7 @@ from enarx.errors import (
     SignatureInvalid,
     TcbMismatch,
 )
+from tests.attestation.dcap_support import DcapVector, load_dcap
 
 UTC = dt.UTC
 
@@ -106,7 +106,7 @@ def test_dcap_qvl_still_cannot_decode_tcb_info_v2(v2: DcapVector) -> None:
 
 def test_direct_call_equals_verify_quote(v2: DcapVector) -> None:
     direct = verify_sgx_tcb_info_v2(parse_quote(v2.quote), v2.collateral(), at=v2.verify_at,
-                                    root_der=shipped_root_der())
+                                    root=shipped_root())
     assert direct == v2.verify()
 
 
@@ -532,6 +532,42 @@ def test_test_pki_structural_failures(pki: dict[str, Any]) -> None:
     assert err.value.check == "dcap.chain.ca"
 
 
+def _raw_sig(key: ec.EllipticCurvePrivateKey, body: bytes) -> bytes:
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    r, s = decode_dss_signature(key.sign(body, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _pems(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def test_tcb_info_signed_by_a_pck_leaf_key_is_refused(pki: dict[str, Any]) -> None:
+    # Before: any key chaining to the root could sign TCB Info (here the test PKI's PCK leaf).
+    from enarx.attestation.dcap.legacy import _check_signed
+
+    body = b'{"version":2}'
+    crls = _crls(pki)
+    with pytest.raises(ChainInvalid) as err:
+        _check_signed(body, _raw_sig(pki["leaf_key"], body), "tcb_info",
+                      _pems(pki["leaf"], pki["ca"], pki["root"]), pki["root"], crls, NOW)
+    assert err.value.check == "dcap.tcb_info.signer"
+    # Named like Intel's signer but issued by the intermediate, not the root: refused too.
+    key = ec.generate_private_key(ec.SECP256R1())
+    under_ca = _cert("Intel SGX TCB Signing", key, pki["ca"].subject, pki["ca_key"], ca=False,
+                     serial=7)
+    with pytest.raises(ChainInvalid) as err:
+        _check_signed(body, _raw_sig(key, body), "qe_identity",
+                      _pems(under_ca, pki["ca"], pki["root"]), pki["root"], crls, NOW)
+    assert err.value.check == "dcap.qe_identity.signer"
+    # The TCB Signing certificate issued by the root signs: accepted.
+    signer = _cert("Intel SGX TCB Signing", key, pki["root"].subject, pki["root_key"],
+                   ca=False, serial=8)
+    _check_signed(body, _raw_sig(key, body), "tcb_info", _pems(signer, pki["root"]),
+                  pki["root"], crls, NOW)
+
+
 # --- parsing -----------------------------------------------------------------------------------
 
 
@@ -637,3 +673,45 @@ def test_mutated_quote_or_collateral_raise_only_typed_errors(data: st.DataObject
     # hex case of a signature, the quote's copy of the root...).
     assert ev.report_data == parse_quote(v.quote).report.report_data
     assert ev.tcb.status is TcbStatus.OUT_OF_DATE
+
+
+# --- structure -------------------------------------------------------------------------------
+
+
+def _attestation_import_graph() -> dict[str, set[str]]:
+    """module -> attestation modules it imports (at any level, lazy imports included)."""
+    import ast
+    from pathlib import Path
+
+    import enarx.attestation
+
+    base = Path(enarx.attestation.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in base.rglob("*.py"):
+        parts = ["enarx", *path.relative_to(base.parent).with_suffix("").parts]
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_attestation_modules_have_no_import_cycles() -> None:
+    # legacy.py used to import verify.py's private helpers while verify.py imported legacy.py.
+    graph = _attestation_import_graph()
+    assert "enarx.attestation.dcap.verify" not in graph["enarx.attestation.dcap.legacy"]
+    packages = {m for m in graph if any(o.startswith(m + ".") for o in graph)}
+
+    def visit(node: str, stack: list[str]) -> None:
+        assert node not in stack, " -> ".join([*stack, node])
+        for dep in graph[node]:
+            if dep not in packages:  # a package only re-exports its own submodules
+                visit(dep, [*stack, node])
+
+    for module in graph:
+        visit(module, [])

@@ -8,12 +8,12 @@ import json
 
 import pytest
 from cryptography import x509
-from dcap_support import DCAP, load_dcap
 
 from enarx.attestation.dcap import parse_quote
 from enarx.attestation.dcap.collateral import signed_json_value
 from enarx.attestation.result import Platform, TcbStatus
 from enarx.errors import ChainInvalid, MalformedEvidence, TcbMismatch
+from tests.attestation.dcap_support import DCAP, load_dcap
 
 
 @pytest.mark.parametrize(("kind", "name"), DCAP)

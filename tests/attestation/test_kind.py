@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from enarx.attestation.kind import detect
-
-from vectors import vector_dir
+from tests.vectors import vector_dir
 
 VECTORS = [
     ("snp", "ms-milan-v3", "report.bin"),

@@ -6,11 +6,12 @@ import dataclasses
 import json
 
 import pytest
-from dcap_support import load_dcap
 
 from enarx.attestation.policy import Policy, appraise, violations
 from enarx.attestation.result import TcbStatus, VerifiedEvidence
 from enarx.errors import ConfigError, PolicyViolation
+from tests.attestation.dcap_support import load_dcap
+from tests.attestation.snp_support import load_snp
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +22,11 @@ def sgx() -> VerifiedEvidence:
 @pytest.fixture(scope="module")
 def tdx() -> VerifiedEvidence:
     return load_dcap("tdx", "dcapqvl-tdx-v4").verify()  # UpToDate
+
+
+@pytest.fixture(scope="module")
+def snp() -> VerifiedEvidence:
+    return load_snp("ms-milan-v3").verify()
 
 
 def _checks(ev: VerifiedEvidence, policy: Policy) -> list[str]:
@@ -119,8 +125,7 @@ def test_snp_rules(tdx: VerifiedEvidence) -> None:
 
 
 def test_snp_real_vector_if_available() -> None:
-    snp_support = pytest.importorskip("snp_support")
-    ev = snp_support.load_snp("ms-milan-v3").verify()
+    ev = load_snp("ms-milan-v3").verify()
     appraise(ev, Policy.load({"platforms": ["snp"], "measurements": [ev.measurement.hex()],
                               "snp": {"vmpls": [ev.attributes["vmpl"]], "min_abi": "0.0"}}))
     with pytest.raises(PolicyViolation) as err:
@@ -148,3 +153,55 @@ def test_policy_from_toml_and_json_text() -> None:
     assert Policy.loads(json.dumps({"advisory_ids": ["A"]}), fmt="json").advisory_ids == ["A"]
     with pytest.raises(ConfigError):
         Policy.loads("tcb_statuses = [", source="p.toml")
+
+
+# --- an empty allow-list allows nothing (it never means "any") ------------------------------
+
+
+def _open_policy(ev: VerifiedEvidence, **extra: object) -> dict[str, object]:
+    """A policy that accepts ``ev`` on every rule, plus ``extra``."""
+    base: dict[str, object] = {
+        "tcb_statuses": [ev.tcb.status.value],
+        "advisory_ids": list(ev.tcb.advisory_ids),
+        "snp": {"allow_migration_agent": True},
+    }
+    return {**base, **extra}
+
+
+@pytest.mark.parametrize(("key", "rule"), [
+    ("platforms", "policy.platform"),
+    ("products", "policy.product"),
+    ("measurements", "policy.measurement"),
+    ("signers", "policy.signer"),
+    ("author_keys", "policy.author_key"),
+    ("tcb_statuses", "policy.tcb_status"),
+])
+def test_empty_allow_list_allows_nothing(snp: VerifiedEvidence, key: str, rule: str) -> None:
+    assert violations(snp, Policy.load(_open_policy(snp))) == []
+    found = violations(snp, Policy.load(_open_policy(snp, **{key: []})))
+    assert [v.check for v in found] == [rule]
+
+
+def test_empty_snp_vmpl_and_sgx_product_lists_allow_nothing(
+    snp: VerifiedEvidence, sgx: VerifiedEvidence,
+) -> None:
+    open_snp = _open_policy(snp)
+    found = violations(snp, Policy.load({**open_snp, "snp": {"vmpls": [],
+                                                               "allow_migration_agent": True}}))
+    assert [v.check for v in found] == ["policy.snp.vmpl"]
+    found = violations(sgx, Policy.load({**_open_policy(sgx), "sgx": {"isv_prod_ids": []}}))
+    assert [v.check for v in found] == ["policy.sgx.isv_prod_id"]
+
+
+def test_empty_advisory_list_accepts_no_advisory(sgx: VerifiedEvidence) -> None:
+    assert sgx.tcb.advisory_ids
+    found = violations(sgx, Policy.load({**_open_policy(sgx), "advisory_ids": []}))
+    assert [v.check for v in found] == ["policy.advisory_ids"]
+
+
+def test_defaults_are_the_secure_ones() -> None:
+    p = Policy()
+    assert p.allow_debug is False
+    assert [s.value for s in p.tcb_statuses] == ["UpToDate"]
+    assert p.advisory_ids == []
+    assert p.snp.allow_migration_agent is False

@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from enarx.attestation.snp import SnpReport, TcbVersion, parse_report, verify_report
 from enarx.attestation.snp.abi import build_report
 from enarx.errors import AttestationError, MalformedEvidence
-
-from snp_support import load_snp
-from vectors import MISSING, all_vectors
+from tests.attestation.snp_support import load_snp
+from tests.vectors import MISSING, all_vectors
 
 SNP = all_vectors("snp")
 

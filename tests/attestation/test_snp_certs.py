@@ -15,9 +15,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from enarx.attestation import roots
 from enarx.attestation.snp.certs import load_cert, load_certs
 from enarx.errors import MalformedEvidence
-
-from snp_support import load_snp
-from vectors import vectors_dir
+from tests.attestation.snp_support import load_snp
+from tests.vectors import vectors_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,12 +64,12 @@ def test_garbage_certificates_are_malformed(bad: bytes) -> None:
 
 @pytest.mark.parametrize("product", roots.AMD_PRODUCTS)
 def test_shipped_amd_roots_are_the_published_ones_and_link(product: str) -> None:
-    shared = vectors_dir() / "roots" / "amd" / product.lower()
+    published = vectors_dir() / "roots" / "amd" / product.lower()  # tests/data/vectors
     for role, getter in (("ark", roots.amd_ark), ("ask", roots.amd_ask),
                          ("asvk", roots.amd_asvk)):
         shipped = getter(product)
         assert hashlib.sha256(shipped).digest() == hashlib.sha256(
-            (shared / f"{role}.pem").read_bytes()).digest()
+            (published / f"{role}.pem").read_bytes()).digest()
     ark = load_cert(roots.amd_ark(product), "ark")
     assert ark.self_issued and ark.signed_by(ark)
     for inter in (roots.amd_ask(product), roots.amd_asvk(product)):
@@ -92,3 +91,13 @@ def test_package_data_globs_cover_every_shipped_root() -> None:
     # setuptools globs do not cross "/" with "*", so match segment by segment.
     for pem in pems:
         assert any(g.count("/") == pem.count("/") and fnmatch.fnmatch(pem, g) for g in globs), pem
+
+
+def test_is_vendor_root_says_no_to_an_invalid_certificate_version() -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = bytearray(x509.load_pem_x509_certificate(roots.intel_sgx_root()).public_bytes(
+        Encoding.DER))
+    der[der.find(b"\xa0\x03\x02\x01\x02") + 4] = 7  # version v3 -> 8: InvalidVersion
+    assert roots.is_vendor_root(roots.intel_sgx_root())
+    assert not roots.is_vendor_root(bytes(der))

@@ -20,8 +20,7 @@ from enarx.errors import (
     TcbMismatch,
 )
 from enarx.platform.sim import SimBackend
-
-from snp_support import load_snp, sim_state
+from tests.attestation.snp_support import load_snp, sim_state
 
 SIGNED = 0x2A0
 OFFSETS = sorted({*range(0, SIGNED, 5), 42, 100, 0x180, SIGNED - 1})
@@ -226,3 +225,32 @@ def test_key_info_naming_the_vlek_with_a_vcek_is_rejected(
         _verify_sim(s, s.report(bytes(64)), s.vcek_der())
     assert err.value.check == "snp.signing_key"
     assert (err.value.expected, err.value.actual) == ("VLEK", "VCEK")
+
+
+class _MaskedChipIdSim(SimBackend):
+    """A host with MaskChipId set: reports carry an all-zero CHIP_ID, the VCEK its real hwID."""
+
+    def chip_id(self) -> bytes:
+        return bytes(64)
+
+
+def test_masked_chip_id_with_a_vcek_verifies(tmp_path_factory: pytest.TempPathFactory) -> None:
+    real = SimBackend(sim_state(tmp_path_factory)).chip_id()
+    s = _MaskedChipIdSim(sim_state(tmp_path_factory))
+    report = s.report(bytes(64))
+    assert report[0x1A0:0x1E0] == bytes(64)
+    ask = s.evidence(bytes(64)).certs[1]
+    ev = verify_report(report, cert=s.issue_vcek(hw_id=real), chain=[ask],
+                       trust_roots=[s.ark_pem()])
+    assert ev.attributes["chip_id"] == bytes(64)
+
+
+def test_mask_chip_key_bit_does_not_switch_off_the_chip_id_check(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    s = SimBackend(sim_state(tmp_path_factory))
+    s.key_info = 2  # MASK_CHIP_KEY, VCEK-signed, non-zero CHIP_ID
+    with pytest.raises(TcbMismatch) as err:
+        _verify_sim(s, s.report(bytes(64)), s.issue_vcek(hw_id=bytes(range(64))))
+    assert err.value.check == "snp.chip_id"
+    assert err.value.expected == bytes(range(64)) and err.value.actual == s.chip_id()

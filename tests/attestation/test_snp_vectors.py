@@ -9,9 +9,8 @@ import pytest
 from enarx.attestation.result import Platform, TcbStatus
 from enarx.attestation.snp import parse_report
 from enarx.errors import ChainInvalid
-
-from snp_support import cert_spls, load_snp
-from vectors import all_vectors
+from tests.attestation.snp_support import cert_spls, load_snp
+from tests.vectors import all_vectors
 
 SNP = all_vectors("snp")
 

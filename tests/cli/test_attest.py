@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attestation"))
-from dcap_support import DCAP, DcapVector, load_dcap
-
 from enarx.cli.attest import attest
-
-from vectors import vector_dir
+from tests.attestation.dcap_support import DCAP, DcapVector, load_dcap
+from tests.vectors import vector_dir
 
 VALID = [(k, n) for k, n in DCAP if n not in ("gotdxguest-tdx-v4", "dcapqvl-tdx-v5-nomatch",
                                               "dcaprs-sgx-v3")]
@@ -93,7 +89,7 @@ def test_bad_arguments_are_clear_errors(case: str, tmp_path: Path) -> None:
 
 
 def test_verify_snp_vector(tmp_path: Path) -> None:
-    from vectors import load_manifest
+    from tests.vectors import load_manifest
 
     m = load_manifest("snp", "ms-milan-v3")
     d: Path = m["_dir"]
@@ -168,3 +164,143 @@ def test_shipped_root_as_trust_root_is_quiet(enarx, tmp_path: Path) -> None:  # 
                 folder / "vcek.pem", "--trust-root", ark, "--json")
     assert res.returncode == 0, res.stdout
     assert b"warning" not in res.stderr
+
+
+# --- --policy: the documented appraisal, from the CLI ----------------------------------------
+
+
+def _policy_args(tmp_path: Path, text: str, name: str = "policy.toml") -> list[str]:
+    v = load_dcap("sgx", "zkdcap-sgx-v3")  # SWHardeningNeeded with two advisories
+    policy = tmp_path / name
+    policy.write_text(text)
+    return _verify_args(v, tmp_path, "--at", v.manifest["verify_at"], "--policy", str(policy))
+
+
+def test_policy_that_accepts_the_evidence(tmp_path: Path) -> None:
+    v = load_dcap("sgx", "zkdcap-sgx-v3")
+    ev = v.verify()
+    text = (f'platforms = ["sgx"]\nmeasurements = ["{ev.measurement.hex()}"]\n'
+            f'tcb_statuses = ["{ev.tcb.status.value}"]\n'
+            f"advisory_ids = {json.dumps(list(ev.tcb.advisory_ids))}\n")
+    res = CliRunner().invoke(attest, [*_policy_args(tmp_path, text), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["policy"]["accepted"] is True
+    human = CliRunner().invoke(attest, _policy_args(tmp_path, text))
+    assert human.exit_code == 0 and "accepted" in human.output
+
+
+def test_policy_rejection_exits_4_listing_every_failed_rule(tmp_path: Path) -> None:
+    text = 'measurements = ["00"]\n'  # and the default: UpToDate only, no advisories
+    res = CliRunner().invoke(attest, _policy_args(tmp_path, text))
+    assert res.exit_code == 4, res.output
+    for rule in ("measurement not allowed", "TCB status not accepted",
+                 "unaccepted security advisories"):
+        assert rule in res.output
+    res = CliRunner().invoke(attest, [*_policy_args(tmp_path, text), "--json"])
+    assert res.exit_code == 4
+    checks = [v["check"] for v in json.loads(res.output)["error"]["violations"]]
+    assert checks == ["policy.measurement", "policy.tcb_status", "policy.advisory_ids"]
+
+
+@pytest.mark.parametrize(("name", "text", "want"), [
+    ("policy.toml", 'measurements = ["xyz"]\n', "measurements"),
+    ("policy.toml", "unknown_rule = 1\n", "unknown_rule"),
+    ("policy.toml", "measurements = [\n", "not valid TOML"),
+    ("policy.json", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("policy.toml", "a = " + "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_malformed_policy_file_exits_2(tmp_path: Path, name: str, text: str, want: str) -> None:
+    res = CliRunner().invoke(attest, _policy_args(tmp_path, text, name))
+    assert res.exit_code == 2, res.output
+    assert want in res.output and name in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+# --- one --platform spelling -----------------------------------------------------------------
+
+
+def test_sev_snp_is_an_alias_of_snp_in_verify_and_report(tmp_path: Path) -> None:
+    from tests.vectors import load_manifest
+
+    m = load_manifest("snp", "ms-milan-v3")
+    d: Path = m["_dir"]
+    outs = []
+    for spelling in ("snp", "sev-snp", "SEV-SNP", "SNP"):
+        res = CliRunner().invoke(attest, [
+            "verify", str(d / "report.bin"), "--platform", spelling, "--cert",
+            str(d / "vcek.pem"), "--at", m["verify_at"], "--json"])
+        assert res.exit_code == 0, res.output
+        outs.append(json.loads(res.output))
+    assert outs[0] == outs[1] == outs[2] == outs[3]
+    # report: both spellings name the same backend, and the same refusal when it is absent.
+    got = [CliRunner().invoke(attest, ["report", "--platform", p, "--json"])
+           for p in ("snp", "sev-snp")]
+    assert got[0].exit_code == got[1].exit_code and got[0].output == got[1].output
+    help_text = CliRunner().invoke(attest, ["report", "--help"]).output
+    assert "sim|snp|tdx|sgx" in help_text
+
+
+def test_report_json_names_platform_and_backend(tmp_path: Path) -> None:
+    env = {"ENARX_SIM_DIR": str(tmp_path / "sim")}
+    res = CliRunner(env=env).invoke(attest, ["report", "--platform", "sim", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)  # the "not confidential" warning goes to stderr
+    assert out["platform"] == "sim" and out["backend"] == "sim"
+
+
+# --- forged chains and malformed inputs: typed errors, never a traceback ----------------------
+
+
+def test_forged_embedded_root_is_not_reported_as_verified(tmp_path: Path) -> None:
+    from tests.attestation.test_dcap_tamper import _quote_with_chain, _rename_root
+
+    v = load_dcap("sgx", "zkdcap-sgx-v3")
+    quote = tmp_path / "forged.bin"
+    quote.write_bytes(_quote_with_chain(v, _rename_root))
+    args = _verify_args(v, tmp_path, "--at", v.manifest["verify_at"], "--json")
+    args[1] = str(quote)
+    res = CliRunner().invoke(attest, args)
+    assert res.exit_code == 4, res.output
+    err = json.loads(res.output)["error"]
+    assert err["check"] == "dcap.chain.root" and "chain" not in json.loads(res.output)
+
+
+def _bad_version(pem: bytes) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = bytearray(x509.load_pem_x509_certificate(pem).public_bytes(Encoding.DER))
+    at = der.find(b"\xa0\x03\x02\x01\x02")  # version [0] INTEGER 2 (v3)
+    der[at + 4] = 7
+    return bytes(der)
+
+
+def test_trust_root_with_an_invalid_x509_version(enarx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from enarx.attestation.roots import amd_ark, intel_sgx_root
+
+    v = load_dcap("sgx", "zkdcap-sgx-v3")
+    intel = tmp_path / "intel.der"
+    intel.write_bytes(_bad_version(intel_sgx_root()))
+    res = enarx("attest", *_verify_args(v, tmp_path, "--at", v.manifest["verify_at"],
+                                        "--trust-root", str(intel)))
+    assert res.returncode == 4, res.stderr
+    assert b"dcap.trust_root" in res.stderr and b"Traceback" not in res.stderr
+    folder = vector_dir("snp", "ms-milan-v3")
+    amd = tmp_path / "amd.der"
+    amd.write_bytes(_bad_version(amd_ark("Milan")))
+    res = enarx("attest", "verify", folder / "report.bin", "--platform", "snp", "--cert",
+                folder / "vcek.pem", "--trust-root", amd)
+    assert res.returncode == 4, res.stderr
+    assert b"snp.cert.trust_root" in res.stderr and b"Traceback" not in res.stderr
+
+
+def test_snp_crl_with_a_malformed_issuer_name(enarx, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.attestation.test_snp_chain import malformed_issuer_crl
+
+    folder = vector_dir("snp", "ms-milan-v3")
+    crl = tmp_path / "bad.crl"
+    crl.write_bytes(malformed_issuer_crl())
+    res = enarx("attest", "verify", folder / "report.bin", "--platform", "snp", "--cert",
+                folder / "vcek.pem", "--crl", crl, "--at", "2026-06-01T00:00:00Z")
+    assert res.returncode == 4, res.stderr
+    assert b"snp.crl" in res.stderr and b"Traceback" not in res.stderr

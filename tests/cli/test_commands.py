@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from enarx import __version__, config
-
-from cliutil import RunEnarx
+from tests.cliutil import RunEnarx
 
 
 def test_version(enarx: RunEnarx) -> None:

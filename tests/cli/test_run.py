@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cliutil import RunEnarx
-from guestbuild import build_c
+from tests.cliutil import RunEnarx
+from tests.guestbuild import build_c
 
 NIL = ("--backend", "nil")
 
@@ -260,8 +260,11 @@ def test_configured_steward_is_never_silently_ignored(
     cfg = tmp_path / "Enarx.toml"
     cfg.write_text('steward = "https://steward.example"\n')
     r = enarx("run", *NIL, "--wasmcfgfile", cfg, env_wasm)
-    assert r.returncode == 0, r.stderr
-    assert b"steward https://steward.example is configured" in r.stderr
+    # A configured steward is used (tests/keep/test_attest.py): without its CA the Keep
+    # refuses to start rather than run unattested.
+    assert r.returncode == 2, r.stderr
+    assert b"steward https://steward.example needs the CA" in r.stderr
+    assert b"hint: pass --steward-ca" in r.stderr
 
 
 @pytest.mark.parametrize("mode", ["small", "big"])
@@ -271,7 +274,7 @@ def test_timeout_ends_writes_to_a_pipe_nobody_reads(
     # stdout is a pipe the test never drains: the guest blocks in fd_write once it is full.
     import subprocess
 
-    from cliutil import ENARX
+    from tests.cliutil import ENARX
 
     env = {**os.environ, "ENARX_CACHE_DIR": str(module_cache)}
     proc = subprocess.Popen(
@@ -291,3 +294,76 @@ def test_writes_with_a_deadline_are_complete_and_in_order(enarx: RunEnarx) -> No
     r = enarx("run", *NIL, "--timeout", "60", build_c("cli_cat.c"), input=data)
     assert r.returncode == 0, r.stderr
     assert r.stdout == data
+
+
+# --- command-line bytes and upstream Enarx's forms ------------------------------------------
+
+
+def test_non_utf8_argument_env_and_dir_reach_the_guest_as_bytes(
+    enarx: RunEnarx, env_wasm: Path, tmp_path: Path
+) -> None:
+    # subprocess encodes str with the filesystem encoding: surrogates become the raw bytes.
+    raw_dir = tmp_path / os.fsdecode(b"d\xff")
+    raw_dir.mkdir()
+    r = enarx("run", *NIL, "--env", os.fsdecode(b"K\xfe=v\xff"), "--dir", raw_dir,
+              env_wasm, os.fsdecode(b"a\xffb"))
+    assert r.returncode == 0, r.stderr
+    assert b"Traceback" not in r.stderr
+    out = r.stdout.split(b"\n")
+    assert b"arg[1]=a\xffb" in out
+    assert b"env:K\xfe=v\xff" in out
+    assert b"env:FD_NAMES=stdin:stdout:stderr:" + os.fsencode(raw_dir) in out
+
+
+@pytest.mark.parametrize(("body", "code"), [("i32.const 1", 0), ("unreachable", 134)])
+def test_default_export_runs_without_start(
+    enarx: RunEnarx, tmp_path: Path, body: str, code: int
+) -> None:
+    # Upstream Enarx's return_1.wat: no `_start`, a function exported as "" (wasmtime's rule).
+    wat = tmp_path / "return_1.wat"
+    wat.write_text(f'(module (func (export "") (result i32) {body}))')
+    r = enarx("run", *NIL, wat)
+    assert r.returncode == code, r.stderr
+    assert r.stdout == b""
+
+
+def test_upstream_option_order_loads_the_config(
+    enarx: RunEnarx, env_wasm: Path, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "Enarx.toml"
+    cfg.write_text('args = ["from-toml"]\n[env]\nFROM_TOML = "1"\n')
+    # Upstream's harness: `enarx run MODULE --wasmcfgfile Enarx.toml`.
+    r = enarx("run", env_wasm, "--wasmcfgfile", cfg, "--backend=nil")
+    assert r.returncode == 0, r.stderr
+    out = lines(r.stdout)
+    assert "arg[1]=from-toml" in out and "env:FROM_TOML=1" in out
+    assert not any("wasmcfgfile" in ln or "backend" in ln for ln in out)
+    err = r.stderr.decode()
+    assert err.count("after MODULE is read as an enarx option") == 2
+    # A bad config given that way is an error, never ignored.
+    r = enarx("run", *NIL, env_wasm, "--wasmcfgfile", tmp_path / "missing.toml")
+    assert r.returncode == 2 and b"no such file" in r.stderr
+    r = enarx("run", *NIL, env_wasm, "--wasmcfgfile")
+    assert r.returncode == 2 and b"error: --wasmcfgfile after MODULE needs a value" in r.stderr
+
+
+def test_double_dash_passes_everything_after_it_verbatim(
+    enarx: RunEnarx, env_wasm: Path, tmp_path: Path
+) -> None:
+    r = enarx("run", *NIL, env_wasm, "--", "--wasmcfgfile", tmp_path / "nope", "--", "-x")
+    assert r.returncode == 0, r.stderr
+    args = [ln for ln in lines(r.stdout) if ln.startswith("arg[")]
+    assert args[1:] == ["arg[1]=--wasmcfgfile", f"arg[2]={tmp_path / 'nope'}", "arg[3]=--",
+                        "arg[4]=-x"]
+    assert b"warning: --" not in r.stderr
+
+
+def test_enarx_option_among_guest_arguments_is_passed_on_with_a_warning(
+    enarx: RunEnarx, env_wasm: Path
+) -> None:
+    r = enarx("run", *NIL, env_wasm, "input.json", "--env", "A=1")
+    assert r.returncode == 0, r.stderr
+    out = lines(r.stdout)
+    assert out[1:4] == ["arg[1]=input.json", "arg[2]=--env", "arg[3]=A=1"]
+    assert "env:A=1" not in out
+    assert b"--env comes after a guest argument, so it is passed to the guest" in r.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from cliutil import RunEnarx
-from vectors import vector_dir
+from tests.cliutil import RunEnarx
+from tests.vectors import vector_dir
 
 NIL = ("--backend", "nil")
 HELLO = Path(__file__).resolve().parents[2] / "examples" / "hello" / "hello.wasm"
@@ -223,3 +223,52 @@ def test_unreachable_kds_hint_names_the_flag_to_change(enarx: RunEnarx, tmp_path
     assert r.returncode == 5
     _, hint = _error_and_hint(r.stderr)
     assert "--kds-url" in hint and "--pcs-url" not in hint
+
+
+# --- hostile Enarx.toml input: typed errors, never a traceback --------------------------------
+
+
+def _config_error(enarx: RunEnarx, cfg: Path) -> tuple[str, str]:
+    """The error and hint of both `config check` and `run` on ``cfg`` (the same for both)."""
+    seen = set()
+    for args in (("config", "check", cfg), ("run", *NIL, "--wasmcfgfile", cfg, HELLO)):
+        r = enarx(*args)
+        assert r.returncode == 2, r.stderr
+        seen.add(_error_and_hint(r.stderr))
+    assert len(seen) == 1
+    return seen.pop()
+
+
+def test_toml_nested_3000_levels_deep(enarx: RunEnarx, tmp_path: Path) -> None:
+    cfg = tmp_path / "Enarx.toml"
+    cfg.write_text('args = []\nx = ' + "[" * 3000 + "]" * 3000 + "\n")
+    error, hint = _config_error(enarx, cfg)
+    assert error.startswith(f"error: {cfg}:2: ") and "nested too deeply" in error
+    assert "brackets" in hint
+
+
+def test_nul_byte_in_a_dir_host_path(enarx: RunEnarx, tmp_path: Path) -> None:
+    cfg = tmp_path / "Enarx.toml"
+    cfg.write_text('[[files]]\nkind = "stdin"\n[[files]]\nkind = "dir"\nhost = "x\\u0000y"\n')
+    error, hint = _config_error(enarx, cfg)
+    assert error == f"error: {cfg}:5: files[1].host: may not contain a NUL byte (\\u0000)"
+    assert "\\u0000" in hint
+
+
+@pytest.mark.parametrize(
+    ("body", "where", "fragment"),
+    [
+        ('kind = "listen"\nname = "web"\naddr = "a..b"\nport = 0', "4: files[0].addr",
+         "empty DNS label"),
+        ('kind = "connect"\nport = 443\nhost = "' + "x" * 64 + '.example.com"',
+         "4: files[0].host", "a label has at most 63"),
+    ],
+)
+def test_bad_dns_label_in_listen_or_connect(
+    enarx: RunEnarx, tmp_path: Path, body: str, where: str, fragment: str
+) -> None:
+    cfg = tmp_path / "Enarx.toml"
+    cfg.write_text(f"[[files]]\n{body}\n")
+    error, hint = _config_error(enarx, cfg)
+    assert f"Enarx.toml:{where}: " in error and fragment in error
+    assert "labels of 1 to 63 bytes" in hint

@@ -6,8 +6,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from netkeep import Keep, StartKeep
-from netpki import Pki, make_pki
+
+from tests.net.netkeep import Keep, StartKeep
+from tests.net.netpki import Pki, make_pki
 
 
 @pytest.fixture

@@ -24,8 +24,7 @@ from typing import IO
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from guestbuild import ToolchainMissing, build_c
+from tests.guestbuild import ToolchainMissing, build_c
 
 ENARX = Path(sys.executable).with_name("enarx")
 STARTUP = 120.0  # seconds: the first run compiles the module

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from netkeep import IO_TIMEOUT, StartKeep, guest, need_tool, toml
-from netpki import Pki
+
+from tests.net.netkeep import IO_TIMEOUT, StartKeep, guest, need_tool, toml
+from tests.net.netpki import Pki
 
 
 def connect(name: str, host: str, port: int, prot: str, extra: str = "") -> str:
@@ -180,3 +181,21 @@ def test_unresolvable_host_names_the_entry(enarx, tmp_path: Path) -> None:  # ty
     err = r.stderr.decode()
     assert r.returncode == 2
     assert "files[3] (db): cannot resolve 'no-such-host.invalid'" in err
+
+
+@pytest.mark.parametrize("bad", ["a..b", "x" * 64 + ".example"])
+def test_socket_layer_refuses_bad_dns_labels_even_without_config_validation(bad: str) -> None:
+    # A caller building entries directly (no Enarx.toml validation) still gets a typed error,
+    # not the idna codec's UnicodeError.
+    from enarx.config import ConnectFile, ListenFile
+    from enarx.errors import ResourceError
+    from enarx.keep.sockets import open_entry
+
+    entries = [ListenFile.model_construct(kind="listen", name="l", prot="tcp", addr=bad, port=0),
+               ConnectFile.model_construct(kind="connect", host=bad, port=1, prot="tcp",
+                                           name="c", trust="system")]
+    for entry in entries:
+        with pytest.raises(ResourceError) as info:
+            open_entry(entry, "files[3] (x)")
+        assert info.value.message.startswith("files[3] (x): invalid ")
+        assert info.value.hint

@@ -12,7 +12,8 @@ import socket
 import ssl
 
 import pytest
-from netkeep import StartKeep, guest, listen, recv_all, toml
+
+from tests.net.netkeep import StartKeep, guest, listen, recv_all, toml
 
 
 def peer_scenario(s: socket.socket) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from netkeep import IO_TIMEOUT, StartKeep, guest, listen, pinning_context, toml
+from tests.net.netkeep import IO_TIMEOUT, StartKeep, guest, listen, pinning_context, toml
 
 
 def test_poll_loop_over_two_listeners(start_keep: StartKeep) -> None:

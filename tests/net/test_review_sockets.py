@@ -34,7 +34,7 @@ def _sha(data: bytes) -> str:
 
 def test_tls_gather_write_of_large_buffers_is_not_joined_into_one_copy() -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    listener = TcpListener(server, tls.server_context("test"))
+    listener = TcpListener(server, tls.server_context("test", tls.self_signed()))
     got: list[str] = []
     client = threading.Thread(target=_client, args=(server.getsockname()[1], got), daemon=True)
     client.start()
@@ -58,7 +58,7 @@ def test_tls_gather_write_of_large_buffers_is_not_joined_into_one_copy() -> None
 
 def test_tls_small_gather_still_arrives_in_order() -> None:
     server = socket.create_server(("127.0.0.1", 0))
-    listener = TcpListener(server, tls.server_context("test"))
+    listener = TcpListener(server, tls.server_context("test", tls.self_signed()))
     got: list[str] = []
     client = threading.Thread(target=_client, args=(server.getsockname()[1], got), daemon=True)
     client.start()

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from netkeep import (
+
+from tests.net.netkeep import (
     IO_TIMEOUT,
     Keep,
     StartKeep,
@@ -25,7 +26,7 @@ from netkeep import (
     pinning_context,
     toml,
 )
-from netpki import Pki, make_pki
+from tests.net.netpki import Pki, make_pki
 
 MARKER = b"PLAINTEXT-MARKER-5f3a9c"
 

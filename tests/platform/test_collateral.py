@@ -16,10 +16,15 @@ import pytest
 from enarx.attestation.snp import parse_report
 from enarx.attestation.snp.certs import load_cert
 from enarx.errors import SignatureInvalid
-from enarx.platform.collateral import CollateralFetchError, Fetcher, fetch_dcap_collateral
-
-from cliutil import RunEnarx
-from vectors import load_manifest, vector_dir
+from enarx.platform.collateral import (
+    CollateralFetchError,
+    Fetcher,
+    fetch_dcap_collateral,
+    fetch_vcek,
+)
+from tests.attestation.snp_support import load_snp
+from tests.cliutil import RunEnarx
+from tests.vectors import load_manifest, vector_dir
 
 
 @dataclass
@@ -256,3 +261,82 @@ def test_unwritable_out_is_a_clear_error(
     assert b"Traceback" not in r.stderr
     assert b"--out" in r.stderr and b"cannot write" in r.stderr and b"hint:" in r.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_vcek_fetch_refuses_a_vlek_report_without_asking_kds(tmp_path: Path) -> None:
+    v = load_snp("trustee-aws-milan-vlek-v3")
+    fetcher = Fetcher(tmp_path)
+    with pytest.raises(CollateralFetchError) as err:
+        fetch_vcek(v.report(), fetcher, kds_url="http://127.0.0.1:9")
+    assert "VLEK" in err.value.message
+    assert fetcher.requests == 0
+
+
+def test_zoneless_next_update_from_a_pccs_is_read_as_utc(
+    vendor: FakeVendor, tmp_path: Path,
+) -> None:
+    # Some PCCS write times without a zone; Intel's format means UTC (naive would not compare).
+    _serve_pcs(vendor, "sgx", "dcapqvl-sgx-v3")
+    fmspc = load_manifest("sgx", "dcapqvl-sgx-v3")["evidence"]["fmspc"].upper()
+    route = vendor.routes[f"/sgx/certification/v4/tcb?fmspc={fmspc}"]
+    zoneless = route.body.replace(b'Z"', b'"')
+    assert zoneless != route.body
+    route.body = zoneless
+    quote = (vector_dir("sgx", "dcapqvl-sgx-v3") / "quote.bin").read_bytes()
+    files = fetch_dcap_collateral(quote, Fetcher(tmp_path / "cache"), pcs_url=vendor.url,
+                                  root_crl_url=f"{vendor.url}/IntelSGXRootCA.der")
+    assert files["tcb_info.json"] == zoneless
+
+
+def test_pccs_answering_deeply_nested_json_is_a_clear_error(
+    vendor: FakeVendor, enarx: RunEnarx, tmp_path: Path
+) -> None:
+    _serve_pcs(vendor, "sgx", "dcapqvl-sgx-v3")
+    fmspc = load_manifest("sgx", "dcapqvl-sgx-v3")["evidence"]["fmspc"].upper()
+    vendor.routes[f"/sgx/certification/v4/tcb?fmspc={fmspc}"].body = (
+        b'{"tcbInfo": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    quote = vector_dir("sgx", "dcapqvl-sgx-v3") / "quote.bin"
+    out = tmp_path / "collateral"
+    r = enarx("platform", "sgx", "cache", quote, "--pcs-url", vendor.url, "--out", out,
+              "--root-crl-url", f"{vendor.url}/IntelSGXRootCA.der", "--cache-dir",
+              tmp_path / "cache")
+    assert r.returncode == 5, r.stderr
+    assert b"TCB Info: the response is not a JSON document" in r.stderr
+    assert b"hint:" in r.stderr and b"Traceback" not in r.stderr
+    assert not out.exists()
+
+
+def test_fetcher_uses_the_injected_http_client(tmp_path: Path) -> None:
+    # The transport decides where requests go: here no socket at all. A malformed QE Identity
+    # is refused, and not kept in the cache for the next run.
+    import httpx
+
+    folder = vector_dir("sgx", "dcapqvl-sgx-v3")
+    chain = urllib.parse.quote((folder / "tcb_info_issuer_chain.pem").read_text())
+    served = {
+        "tcb": ((folder / "tcb_info.json").read_bytes(), "tcb-info-issuer-chain"),
+        "identity": (b"[" * 5000 + b"]" * 5000, "sgx-enclave-identity-issuer-chain"),
+        "pckcrl": ((folder / "pck_crl.der").read_bytes(), "sgx-pck-crl-issuer-chain"),
+        "root.der": ((folder / "root_ca_crl.der").read_bytes(), "x"),
+    }
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        for key, (body, header) in served.items():
+            if key in request.url.path:
+                return httpx.Response(200, content=body, headers={header: chain})
+        return httpx.Response(404)
+
+    quote = (folder / "quote.bin").read_bytes()
+    with httpx.Client(transport=httpx.MockTransport(handler)) as client:
+        fetcher = Fetcher(tmp_path, client=client)
+        with pytest.raises(CollateralFetchError, match="QE Identity: the response is not a JSON"):
+            fetch_dcap_collateral(quote, fetcher, pcs_url="https://pcs.invalid",
+                                  root_crl_url="https://pcs.invalid/root.der")
+        assert fetcher.requests == 4 and len(seen) == 4
+        again = Fetcher(tmp_path, client=client)
+        with pytest.raises(CollateralFetchError):
+            fetch_dcap_collateral(quote, again, pcs_url="https://pcs.invalid",
+                                  root_crl_url="https://pcs.invalid/root.der")
+        assert again.requests == 1  # only the refused QE Identity is asked for again

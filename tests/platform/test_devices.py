@@ -16,7 +16,6 @@ import datetime as dt
 import errno
 import shutil
 import struct
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,17 +23,14 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attestation"))
-from dcap_support import load_dcap
-
 from enarx.errors import EvidenceError
 from enarx.platform import sev_guest, tsm
 from enarx.platform.kvm import KvmBackend
 from enarx.platform.sgx import SgxBackend
 from enarx.platform.snp import SnpBackend
 from enarx.platform.tdx import TdxBackend
-
-from vectors import load_manifest
+from tests.attestation.dcap_support import load_dcap
+from tests.vectors import load_manifest
 
 RD = bytes(range(64))
 

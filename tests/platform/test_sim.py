@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import stat
 from pathlib import Path
 
@@ -109,3 +110,24 @@ def test_state_dir_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.delenv("ENARX_SIM_DIR")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     assert default_state_dir() == tmp_path / "state" / "enarx" / "sim"
+
+
+def test_relative_xdg_state_home_is_ignored(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    # XDG: relative paths in XDG_* are invalid; keys must not land in whatever cwd is.
+    monkeypatch.delenv("ENARX_SIM_DIR", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", "state")
+    assert SimBackend().state_dir == tmp_path / ".local" / "state" / "enarx" / "sim"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a directory away")
+def test_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    # Whoever owns the state directory could plant their own ARK and keys.
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(EvidenceError, match="another user") as err:
+        SimBackend(theirs).evidence(bytes(64))
+    assert err.value.hint and "ENARX_SIM_DIR" in err.value.hint
+    assert list(theirs.iterdir()) == []

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from wasirun import Run, run_guest
+
+from tests.wasi.wasirun import Run, run_guest
 
 
 @pytest.fixture

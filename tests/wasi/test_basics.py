@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import threading
 
-from wasirun import run_guest
-
 from enarx.wasi.abi import Errno
+from tests.wasi.wasirun import run_guest
 
 
 def test_args_env_and_exit_code() -> None:
@@ -157,7 +156,8 @@ def test_fdtable_numbers_in_order_and_missing_preopen_is_typed(tmp_path) -> None
     import pytest
 
     from enarx.errors import ResourceError
-    from enarx.wasi.fdtable import DirHandle, FdTable, NullHandle, StdioHandle
+    from enarx.wasi.dirhandle import DirHandle
+    from enarx.wasi.fdtable import FdTable, NullHandle, StdioHandle
 
     fds = FdTable()
     assert [fds.add(StdioHandle(i)) for i in range(3)] == [0, 1, 2]

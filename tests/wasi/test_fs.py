@@ -276,3 +276,26 @@ def test_readonly_preopen_refuses_every_write(ops) -> None:  # type: ignore[no-u
     assert res[20][0] in (E["NOTCAPABLE"], E["ROFS"])
     assert sorted(p.name for p in box.iterdir()) == before
     assert (box / "f").read_bytes() == b"keep"
+
+
+def test_libc_calls_on_read_only_and_append_fds_match_linux(tmp_path: Path) -> None:
+    # What CPython's test_posix does: utime/fsync/fdatasync on a read-only fd succeed,
+    # ftruncate on one is EINVAL, fsync of a directory EBADF (wasmtime), and pwrite on an
+    # O_APPEND fd appends, as Linux and wasmtime.
+    from tests.wasi.wasirun import run_guest
+
+    box = tmp_path / "box"
+    (box / "d").mkdir(parents=True)
+    (box / "f").write_bytes(b"abc")
+    r = run_guest("wasi_rights.c", dirs=[(box, "/sandbox", False)])
+    assert r.exit_code == 0, r.stdout
+    assert dict(line.split(" ") for line in r.lines) == {
+        "futimens_ro": "0",
+        "fsync_ro": "0",
+        "fdatasync_ro": "0",
+        "ftruncate_ro": "28",  # EINVAL
+        "fsync_dir": "8",  # EBADF
+        "pwrite_append": "0",
+    }
+    assert (box / "f").stat().st_atime == 1000000  # futimens took effect (mtime: the pwrite)
+    assert (box / "f").read_bytes() == b"abcXY"

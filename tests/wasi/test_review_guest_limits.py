@@ -22,7 +22,8 @@ import pytest
 import wasmtime
 
 from enarx.wasi.abi import Errno
-from enarx.wasi.fdtable import DirHandle, FdTable, Handle, NullHandle
+from enarx.wasi.dirhandle import DirHandle
+from enarx.wasi.fdtable import FdTable, Handle, NullHandle
 from enarx.wasi.guestmem import MAX_IO_BYTES, MAX_IOVECS
 from enarx.wasi.host import SIGNATURES, WasiHost
 from enarx.wasi.pathcalls import MAX_PATH

@@ -7,15 +7,16 @@ Layout per test: tmp/outside/secret (must stay untouched and unread) and tmp/san
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from pathlib import Path
 
 import pytest
-from wasirun import run_guest
 
 from enarx.wasi.abi import Errno, WasiError
 from enarx.wasi.fdtable import StdioHandle
 from enarx.wasi.resolve import resolve
+from tests.wasi.wasirun import run_guest
 
 ALL = "0x3fffffff"
 E = {e.name: str(int(e)) for e in Errno}
@@ -152,8 +153,10 @@ def test_guest_made_symlinks_cannot_be_followed_out(world: tuple[Path, Path]) ->
         "mkdir|3|esc/new",
         f"open|3|esc|2|{ALL}|0|1",
     )
-    assert res[0] == ["0"] and res[1] == ["0"]
-    assert [r[0] for r in res[2:]] == [E["PERM"]] * 4
+    # Creating them is refused: host tools would follow them out of the pre-open.
+    assert res[0] == [E["PERM"]] and res[1] == [E["PERM"]]
+    assert not (box / "esc").is_symlink() and not (box / "esc2").is_symlink()
+    assert [r[0] for r in res[2:]] == [E["NOENT"]] * 4
     assert _snapshot(out) == before
 
 
@@ -252,3 +255,66 @@ def test_stdio_handle_is_never_a_directory(tmp_path: Path) -> None:
         os.close(fd)
     assert r.results() == [[E["NOTDIR"], "0"], [E["NOTDIR"]]]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_symlinks_that_climb_out_of_the_preopen_are_not_created(
+    world: tuple[Path, Path],
+) -> None:
+    box, _ = world
+    res = _ops(
+        box,
+        "symlink|../../../../etc/passwd|3|planted",
+        "symlink|../inside|3|sub/up_out",  # sub/.. is the root; root/.. is outside
+        "symlink|sub/../../outside|3|dotdot",
+        "symlink|../inside|3|sub/ok",  # sub/../inside stays inside: allowed
+        "symlink|sub/./../inside|3|ok2",
+        "symlink|x/y/../../../outside|3|deep",
+    )
+    assert [r[0] for r in res] == [E["PERM"], "0", E["PERM"], "0", "0", E["PERM"]]
+    assert not (box / "planted").is_symlink() and not (box / "dotdot").is_symlink()
+    assert not (box / "deep").is_symlink()
+    assert (box / "sub" / "ok").read_bytes() == b"in" and (box / "ok2").read_bytes() == b"in"
+    assert (box / "sub" / "up_out").read_bytes() == b"in"
+
+
+def test_dotdot_of_a_directory_opened_as_dot_hides_the_host_parent(
+    world: tuple[Path, Path],
+) -> None:
+    box, _ = world
+    rights = hex((1 << 13) | (1 << 14))  # path_open | fd_readdir
+    res = _ops(box, f"open|3|.|2|{rights}|0|0", "readdir|$|4096|0",
+               f"open|3|sub|2|{rights}|0|0", "readdir|$|4096|0")  # fmt: skip
+    assert res[0][0] == "0" and res[2][0] == "0", res
+    root = _dirents(res[1][1])
+    assert root[0][3] == b"." and root[1][3] == b".."
+    assert root[1][1] == root[0][1] == box.stat().st_ino  # not the host parent's inode
+    assert root[1][1] != box.parent.stat().st_ino
+    sub = _dirents(res[3][1])
+    assert sub[1][3] == b".." and sub[1][1] == box.stat().st_ino  # inside: the real parent
+
+
+def _dirents(hexbuf: str) -> list[tuple[int, int, int, bytes]]:
+    buf = bytes.fromhex(hexbuf)
+    out = []
+    while len(buf) >= 24:
+        nxt, ino, namlen, typ = struct.unpack_from("<QQIB", buf)
+        out.append((nxt, ino, typ, buf[24 : 24 + namlen]))
+        buf = buf[24 + namlen :]
+    return out
+
+
+def test_a_symlink_cannot_be_moved_to_where_it_would_climb_out(
+    world: tuple[Path, Path],
+) -> None:
+    box, _ = world
+    (box / "sub" / "deeper").mkdir()
+    res = _ops(
+        box,
+        "symlink|../../inside|3|sub/deeper/l",  # from sub/deeper: the root's "inside"
+        "rename|3|sub/deeper/l|3|moved",  # from the root it would name tmp/inside
+        "link|3|0|sub/deeper/l|3|hard",
+        "rename|3|sub/deeper/l|3|sub/deeper/same",  # same depth: fine
+    )
+    assert [r[0] for r in res] == ["0", E["PERM"], E["PERM"], "0"]
+    assert not (box / "moved").is_symlink() and not (box / "hard").is_symlink()
+    assert (box / "sub" / "deeper" / "same").read_bytes() == b"in"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,11 +11,10 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from enarx.wasi.fdtable import DirHandle, FdTable, Handle, StdioHandle
+from enarx.wasi.dirhandle import DirHandle
+from enarx.wasi.fdtable import FdTable, Handle, StdioHandle
 from enarx.wasi.host import WasiHost
-
-from guestbuild import ToolchainMissing, build_c
+from tests.guestbuild import ToolchainMissing, build_c
 
 _ENGINE = wasmtime.Engine()
 _MODULES: dict[str, wasmtime.Module] = {}

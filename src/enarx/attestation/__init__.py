@@ -4,3 +4,5 @@
 ``dcap/`` verifies Intel SGX and TDX quotes through ``dcap-qvl``, ``policy`` appraises a
 verified result against an owner's policy. Every platform yields one ``VerifiedEvidence``.
 """
+
+__all__: list[str] = []  # import the submodules: snp, dcap, policy, result, kind, roots

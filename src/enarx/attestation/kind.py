@@ -16,6 +16,8 @@ from enarx.attestation.snp.abi import (
     SUPPORTED_VERSIONS,
 )
 
+__all__ = ["DESCRIPTIONS", "detect"]
+
 _SNP_SIG_ALGO_OFFSET = 0x34
 
 #: What each kind is called in messages.

@@ -6,7 +6,7 @@ listing *every* failed rule (check ``policy.<rule>`` with expected/actual), so a
 everything in one round. Unset rules accept anything, except the secure defaults: only
 ``UpToDate`` TCB, no advisories, no debug, no SNP migration agent. An allow-list that is set
 but empty (``measurements = []``, ``snp.vmpls = []``, ...) allows *nothing*: it fails closed,
-never "any" (tests/attestation/test_review_policy.py).
+never "any" (tests/attestation/test_policy.py).
 
 SEV-SNP has no vendor TCB status: its results say ``UpToDate`` once the VCEK matches
 REPORTED_TCB, so an owner who cares about SNP firmware levels sets ``min_tcb``.
@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from enarx.attestation.result import Platform, TcbStatus, VerifiedEvidence
 from enarx.errors import AttestationError, ConfigError, PolicyViolation
+
+__all__ = ["Policy", "SgxRules", "SnpRules", "appraise", "violations"]
 
 
 def _hex_list(values: Iterable[str] | None, field: str) -> list[str] | None:
@@ -111,7 +113,7 @@ class Policy(BaseModel):
                 first["msg"] + more,
                 path=source,
                 key=key or None,
-                hint="see `enarx attest` docs for policy keys",
+                hint="see docs/attestation.md (Appraisal) for the policy keys",
             ) from None
 
     @classmethod
@@ -124,6 +126,8 @@ class Policy(BaseModel):
             data = tomllib.loads(text) if fmt == "toml" else json.loads(text)
         except (tomllib.TOMLDecodeError, ValueError) as e:
             raise ConfigError(f"not valid {fmt.upper()}: {e}", path=source) from None
+        except RecursionError:  # both parsers recurse per nesting level
+            raise ConfigError(f"{fmt.upper()} is nested too deeply", path=source) from None
         if not isinstance(data, dict):
             raise ConfigError("policy must be a table/object", path=source)
         return cls.load(data, source=source)

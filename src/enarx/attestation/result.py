@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+__all__ = ["CertInfo", "Platform", "Tcb", "TcbStatus", "VerifiedEvidence"]
+
 
 class Platform(StrEnum):
     SNP = "snp"

@@ -13,7 +13,25 @@ import click
 
 from enarx.errors import EnarxError, UsageError
 
-_CONFIDENTIAL = ("sev-snp", "tdx", "sgx")
+__all__ = ["attest", "report", "verify"]
+
+_CONFIDENTIAL = ("sev-snp", "tdx", "sgx")  # backend names, in default order
+
+#: ``--platform`` of both ``attest verify`` and ``attest report`` uses the evidence names
+#: (``snp``, ``sgx``, ``tdx``, as in results and hints); the backend name ``sev-snp`` is an
+#: alias of ``snp``. ``report`` also takes ``sim``.
+PLATFORM_ALIASES = {"sev-snp": "snp"}
+_BACKEND_OF = {"snp": "sev-snp", "sgx": "sgx", "tdx": "tdx", "sim": "sim"}
+
+
+class _PlatformChoice(click.Choice):  # type: ignore[type-arg]
+    """A choice of canonical names that also accepts each alias (mapped to its name)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        if isinstance(value, str):
+            value = PLATFORM_ALIASES.get(value.lower(), value)
+        return super().convert(value, param, ctx)
 
 
 def _read(path: str, what: str, hint: str) -> bytes:
@@ -86,8 +104,9 @@ def attest() -> None:
 
 _VERIFY_HELP = """Verify EVIDENCE (an SNP report or an SGX/TDX DCAP quote).
 
-Exits 0 only when the evidence is authentic and a TCB level matched; otherwise prints the
-failed check and exits non-zero (4 for attestation failures, 2 for bad arguments).
+Exits 0 only when the evidence is authentic and a TCB level matched (and, with --policy, the
+policy accepts it); otherwise prints the failed check(s) and exits non-zero (4 for
+attestation or policy failures, 2 for bad arguments or a malformed policy file).
 
 \b
 SEV-SNP:  --cert VCEK_OR_VLEK [--chain ASK_ARK.pem] [--trust-root ARK.pem] [--crl CRL]
@@ -95,13 +114,16 @@ SGX/TDX:  --collateral DIR  (tcb_info.json, tcb_info_issuer_chain.pem, qe_identi
           qe_identity_issuer_chain.pem, pck_crl.der, root_ca_crl.der
           [, pck_crl_issuer_chain.pem]) [--trust-root ROOT.pem]
 --at TIME checks every certificate and collateral item as of TIME (ISO 8601).
+--policy FILE appraises the verified evidence (TOML, or JSON if FILE ends in .json).
+--platform sev-snp is accepted as another spelling of snp.
 """
 
 
 @attest.command("verify", help=_VERIFY_HELP)
 @click.argument("evidence", type=click.Path(dir_okay=False))
 @click.option("--platform", "platform_", required=True,
-              type=click.Choice(["snp", "sgx", "tdx"]), help="Kind of evidence.")
+              type=_PlatformChoice(["snp", "sgx", "tdx"], case_sensitive=False),
+              help="Kind of evidence (sev-snp: same as snp).")
 @click.option("--cert", "cert", type=click.Path(), help="SNP: VCEK or VLEK (PEM or DER).")
 @click.option("--chain", "chain", type=click.Path(), help="SNP: ASK/ASVK + ARK (PEM).")
 @click.option("--collateral", type=click.Path(), help="SGX/TDX: directory of Intel collateral.")
@@ -109,23 +131,67 @@ SGX/TDX:  --collateral DIR  (tcb_info.json, tcb_info_issuer_chain.pem, qe_identi
 @click.option("--trust-root", "trust_root", type=click.Path(),
               help="Trust this root (PEM) instead of / besides the shipped vendor roots.")
 @click.option("--crl", "crls", multiple=True, type=click.Path(), help="SNP: CRL (repeatable).")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False),
+              help="Appraise against this policy file (TOML or .json); see docs/attestation.md.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def verify(evidence: str, platform_: str, cert: str | None, chain: str | None,
            collateral: str | None, at: str | None, trust_root: str | None,
-           crls: tuple[str, ...], as_json: bool) -> None:
+           crls: tuple[str, ...], policy_file: str | None, as_json: bool) -> None:
+    from enarx.errors import PolicyViolation
+
     try:
+        policy = _load_policy(policy_file) if policy_file else None
         result = _verify(evidence, platform_, cert, chain, collateral, at, trust_root, crls)
+        if trust_root:
+            _warn_test_root(trust_root)
+        if policy is not None:
+            from enarx.attestation.policy import appraise
+
+            appraise(result, policy)
+    except PolicyViolation as e:
+        _fail_policy(e, policy_file or "", as_json)
+        return
     except EnarxError as e:
         _fail(e, as_json)
         return
-    if trust_root:
-        _warn_test_root(trust_root)
     if as_json:
         from enarx.cli.output import print_json
 
-        print_json(result.to_dict())
+        out = result.to_dict()
+        if policy_file:
+            out["policy"] = {"file": policy_file, "accepted": True}
+        print_json(out)
         return
-    _render(result)
+    _render(result, policy_file)
+
+
+def _load_policy(path: str) -> Any:
+    from enarx.attestation.policy import Policy
+
+    raw = _read(path, "--policy", "pass a policy file (TOML, or JSON ending in .json)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"--policy {path}: not UTF-8 text",
+                         hint="a policy is a TOML (or .json) text file") from None
+    fmt = "json" if path.lower().endswith(".json") else "toml"
+    return Policy.loads(text, fmt=fmt, source=path)
+
+
+def _fail_policy(err: Any, path: str, as_json: bool) -> None:
+    """Every failed rule, one per line (the JSON form lists them under ``violations``)."""
+    import sys
+
+    if as_json:
+        _fail(err, as_json)
+        return
+    click.echo(click.style("error: ", fg="red", bold=True)
+               + f"the evidence is authentic, but policy {path} rejects it:", err=True)
+    for v in err.violations:
+        click.echo(f"  {v.message}", err=True)
+    click.echo(click.style("hint: ", fg="cyan") + "change the workload or platform, or accept "
+               "this in the policy if you really do", err=True)
+    sys.exit(err.exit_code)
 
 
 def _warn_test_root(path: str) -> None:
@@ -133,7 +199,7 @@ def _warn_test_root(path: str) -> None:
     from enarx.attestation.roots import is_vendor_root
     from enarx.cli.output import warn
 
-    if not is_vendor_root(Path(path).read_bytes()):
+    if not is_vendor_root(_read(path, "--trust-root", "pass a PEM certificate")):
         warn(f"verified against --trust-root {path}, which is not an AMD/Intel root: "
              "this proves nothing about real hardware")
 
@@ -180,7 +246,7 @@ def _verify(evidence: str, platform_: str, cert: str | None, chain: str | None,
     return result
 
 
-def _render(result: Any) -> None:
+def _render(result: Any, policy_file: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -200,6 +266,8 @@ def _render(result: Any) -> None:
     ]
     rows += [(f"rtmr{i}", v) for i, v in enumerate(d["rtmrs"])]
     rows += [("chain", c["subject"]) for c in d["chain"]]
+    if policy_file:
+        rows.append(("policy", f"[green]accepted[/] ({policy_file})"))
     for k, v in rows:
         table.add_row(k, v)
     Console().print(table)
@@ -207,7 +275,8 @@ def _render(result: Any) -> None:
 
 _REPORT_HELP = """Produce evidence on this host binding --report-data (hex, up to 64 bytes; zero-padded).
 
-Without --platform the first available confidential backend (sev-snp, tdx, sgx) is used.
+Without --platform the first available confidential backend (snp, tdx, sgx) is used;
+--platform takes the names `attest verify` does (sev-snp: same as snp) or sim.
 With --out FILE the raw report/quote goes to FILE; certificates the platform handed out go
 next to it as FILE.vcek.pem (leaf) and FILE.chain.pem (intermediates and root).
 
@@ -222,8 +291,10 @@ The simulator (not confidential, for trying the flow anywhere):
 
 @attest.command("report", help=_REPORT_HELP,
                 short_help="Produce evidence on this host (SEV-SNP, TDX, SGX or the simulator).")
-@click.option("--platform", "platform_", type=click.Choice(["sim", *_CONFIDENTIAL]),
-              help="Backend to ask (default: first available confidential one).")
+@click.option("--platform", "platform_",
+              type=_PlatformChoice(["sim", "snp", "tdx", "sgx"], case_sensitive=False),
+              help="Backend to ask (default: first available confidential one; "
+              "sev-snp: same as snp).")
 @click.option("--report-data", "report_data", default="",
               help="Hex, up to 64 bytes (e.g. a nonce or key hash).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Write evidence here.")
@@ -259,7 +330,7 @@ def _backend(name: str | None) -> Any:
     from enarx.errors import BackendUnavailable
 
     if name:
-        return plat.select(name)
+        return plat.select(_BACKEND_OF.get(name, name))
     for candidate in _CONFIDENTIAL:
         try:
             backend = plat.get(candidate)
@@ -301,7 +372,8 @@ def _report(platform_: str | None, report_data: str, out: str | None, as_json: b
                              hint="check that the directory exists and is writable") from None
     if as_json:
         print_json({
-            "platform": backend.name,
+            "platform": {v: k for k, v in _BACKEND_OF.items()}.get(backend.name, backend.name),
+            "backend": backend.name,
             "kind": ev.kind,
             "provider": ev.provider,
             "report_data": data.hex(),

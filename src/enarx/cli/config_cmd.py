@@ -9,6 +9,8 @@ import click
 
 from enarx.errors import ConfigError
 
+__all__ = ["check", "config", "init"]
+
 
 @click.group()
 def config() -> None:

@@ -15,11 +15,19 @@ import click
 
 from enarx import __version__
 
+__all__ = ["SUBCOMMANDS", "LazyGroup", "cli", "main"]
+
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("enarx.cli.run:run", "Run a WebAssembly module in a Keep"),
     "config": ("enarx.cli.config_cmd:config", "Work with Enarx.toml"),
     "platform": ("enarx.cli.platform_cmd:platform", "Inspect this host's Keep backends"),
     "attest": ("enarx.cli.attest:attest", "Produce and verify attestation evidence"),
+    "identity": ("enarx.cli.identity_cmd:identity",
+                 "Print the workload identity a Keep attests for a module"),
+    "verify-keep": ("enarx.cli.verify_keep_cmd:verify_keep",
+                    "Verify a running Keep's certificate and evidence"),
+    "steward": ("enarx.cli.steward_cmd:steward",
+                "Run the attestation service, CA and key broker"),
 }
 
 

@@ -10,6 +10,8 @@ import click
 
 from enarx.errors import EnarxError
 
+__all__ = ["error_exit", "print_json", "run_guarded", "warn"]
+
 
 def warn(message: str) -> None:
     """One loud line on stderr (insecure backends, plaintext sockets, test roots)."""

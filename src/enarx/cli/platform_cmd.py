@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
+
+__all__ = ["info", "platform", "sgx", "sgx_cache", "snp", "snp_vcek"]
 
 
 @click.group()
@@ -23,7 +27,7 @@ def info(as_json: bool) -> None:
     from enarx.errors import EnarxError
     from enarx.platform.base import Check
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in plat.BACKENDS:
         try:
             backend = plat.get(name)
@@ -74,7 +78,7 @@ _cache_options = [
 ]
 
 
-def _with_cache_options(f):  # type: ignore[no-untyped-def]
+def _with_cache_options(f: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(_cache_options):
         f = option(f)
     return f

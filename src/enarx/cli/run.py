@@ -11,7 +11,79 @@ from typing import Any
 import click
 
 from enarx.errors import ConfigError, UsageError, WorkloadNotFound
-from enarx.flags import DEFAULT_MAX_MEMORY, parse_size
+from enarx.flags import DEFAULT_MAX_MEMORY, MAX_FUEL, MAX_TIMEOUT, parse_size
+
+__all__ = ["RunCommand", "run"]
+
+
+class RunCommand(click.Command):
+    """``enarx run``, also accepting upstream Enarx's order ``run MODULE --wasmcfgfile FILE``.
+
+    The rule: ``enarx run`` options written right after MODULE, before the first guest
+    argument, are read as enarx options (with a warning: upstream Enarx takes no guest
+    arguments on the command line, so its harness writes them there). From the first other
+    argument on, everything goes to the guest; ``--`` right after MODULE (and its options)
+    ends enarx's options, and everything after it goes to the guest verbatim. An enarx
+    option seen among the guest's arguments without ``--`` is passed on with a warning, so a
+    misplaced ``--wasmcfgfile`` is never silently ignored.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        from enarx.cli.output import warn
+
+        takes_value: dict[str, bool] = {}
+        for p in self.params:
+            if isinstance(p, click.Option):
+                for name in (*p.opts, *p.secondary_opts):
+                    takes_value[name] = not (p.is_flag or p.count)
+        takes_value.pop("--help", None)  # `MODULE --help` stays the guest's
+        before, module, after = _split_module(args, takes_value)
+        if module is None:
+            return super().parse_args(ctx, args)
+        moved: list[str] = []
+        i = 0
+        while i < len(after):
+            name = after[i].partition("=")[0]
+            if after[i] == "--":
+                i += 1
+                break
+            if name not in takes_value:
+                break
+            n = 2 if takes_value[name] and "=" not in after[i] else 1
+            if i + n > len(after):
+                raise UsageError(f"{name} after MODULE needs a value",
+                                 hint=f"write {name} VALUE, or put it after `--` for the guest")
+            moved += after[i : i + n]
+            warn(f"{name} after MODULE is read as an enarx option (upstream Enarx's order); "
+                 "put it after `--` to pass it to the guest")
+            i += n
+        guest = after[i:]
+        if not (i and after[i - 1] == "--"):
+            for a in guest:
+                name = a.partition("=")[0]
+                if name in takes_value:
+                    warn(f"{name} comes after a guest argument, so it is passed to the guest, "
+                         "not read by enarx; put enarx options before MODULE")
+        return super().parse_args(ctx, [*before, *moved, "--", module, *guest])
+
+
+def _split_module(
+    args: list[str], takes_value: dict[str, bool]
+) -> tuple[list[str], str | None, list[str]]:
+    """(options before MODULE, MODULE, the rest) of ``enarx run``'s arguments."""
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            if i + 1 < len(args):
+                return args[:i], args[i + 1], args[i + 2 :]
+            return args, None, []
+        if a.startswith("-") and a != "-":
+            name = a.partition("=")[0]
+            i += 2 if takes_value.get(name, False) and "=" not in a else 1
+            continue
+        return args[:i], a, args[i + 1 :]
+    return args, None, []
 
 
 def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -24,6 +96,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 
 
 @click.command(
+    cls=RunCommand,
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option(
@@ -55,15 +128,31 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     help="Cap linear memory (e.g. 64M); growth beyond it fails, so malloc returns NULL. "
     "Default: 4G (the wasm32 maximum).",
 )
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True, max=MAX_TIMEOUT),
+              metavar="SECONDS",
               help="Wall-clock limit; the workload is interrupted and enarx exits 124.")
-@click.option("--fuel", type=click.IntRange(min=1),
+@click.option("--fuel", type=click.IntRange(min=1, max=MAX_FUEL),
               help="Instruction budget (off by default); running out exits 124.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the compiled-module cache.")
 @click.option(
     "--no-fd-env",
     is_flag=True,
     help="Do not set FD_COUNT/FD_NAMES (upstream Enarx sets them; plain WASI runtimes do not).",
+)
+@click.option(
+    "--steward",
+    envvar="ENARX_STEWARD",
+    metavar="URL",
+    help="Attest to this steward (https) before the workload starts; its certificate then "
+    "serves every tls entry. Overrides Enarx.toml's steward [env: ENARX_STEWARD].",
+)
+@click.option(
+    "--steward-ca",
+    envvar="ENARX_STEWARD_CA",
+    type=click.Path(dir_okay=False),
+    metavar="PEM",
+    help="The CA that signs the steward's TLS certificate (`enarx steward ca`); required "
+    "with a steward [env: ENARX_STEWARD_CA].",
 )
 @click.argument("module", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -77,6 +166,8 @@ def run(
     fuel: int | None,
     no_cache: bool,
     no_fd_env: bool,
+    steward: str | None,
+    steward_ca: str | None,
     module: Path,
     args: tuple[str, ...],
 ) -> None:
@@ -86,10 +177,15 @@ def run(
     The guest's exit code becomes enarx's exit code. With no Enarx.toml the guest gets
     stdin, stdout and stderr as fds 0-2; --dir pre-opens follow them.
     \b
+    Options go before MODULE. Upstream Enarx's order (`enarx run MODULE --wasmcfgfile
+    FILE`) also works: enarx options right after MODULE are read as options, with a
+    warning. Everything after `--` (or from the first other argument) goes to the guest.
+    \b
     Examples:
       enarx run --backend nil hello.wasm
       enarx run --dir ./data::/data --env MODE=fast app.wasm input.json
       enarx run --wasmcfgfile Enarx.toml --max-memory 256M --timeout 30 app.wasm
+      enarx run --steward https://steward:3000 --steward-ca ca.pem --backend sev-snp app.wasm
     """
     from enarx import platform
     from enarx.cli.output import warn
@@ -113,11 +209,7 @@ def run(
     chosen = platform.select(backend)
     if chosen.warning:
         warn(chosen.warning)
-    if conf is not None and conf.steward:
-        # Never let a configured steward look as if it had been used.
-        warn(f"steward {conf.steward} is configured, but this release does not attest to a "
-             "steward yet: the Keep gets no steward-issued certificate (TLS listeners use a "
-             "self-signed one)")
+    target = _steward(steward, steward_ca, conf, base_dir)
     limits = RunLimits(
         max_memory=max_memory
         if max_memory is not None
@@ -136,12 +228,42 @@ def run(
         extra_args=args,
         extra_env=extra_env,
         limits=limits,
-        cache=None if no_cache else ModuleCache(),
+        # Confidential backends keep no on-disk cache: the host owns that disk, and only a
+        # TEE-derived key could authenticate entries against it (see runtime/cache.py).
+        cache=None if no_cache or chosen.confidential else ModuleCache.open(warn=warn),
         on_compile=_progress,
         base_dir=base_dir,
         fd_env=not no_fd_env,
+        steward=target,
     )
     sys.exit(code & 0xFF if code >= 0 else 1)
+
+
+def _steward(url: str | None, ca: str | None, conf: Any, base_dir: str) -> Any:
+    """The steward to attest to (command line over Enarx.toml), or None without one.
+
+    ``--steward-ca`` is relative to the current directory, ``steward_ca`` to Enarx.toml's.
+    """
+    if url is None and conf is not None:
+        url = conf.steward
+    if not url:
+        return None
+    if ca is None and conf is not None and conf.steward_ca:
+        ca = os.path.join(base_dir, os.path.expanduser(conf.steward_ca))
+    if ca is None:
+        raise UsageError(
+            f"steward {url} needs the CA that signs its TLS certificate",
+            hint="pass --steward-ca PEM (or steward_ca in Enarx.toml); `enarx steward ca` "
+            "prints it. enarx never connects to a steward it cannot authenticate",
+        )
+    try:
+        pem = Path(ca).read_bytes()
+    except OSError as e:
+        raise UsageError(f"steward CA {ca}: cannot read: {e.strerror}",
+                         hint="give the PEM file `enarx steward ca` prints") from None
+    from enarx.keep.attest import StewardTarget
+
+    return StewardTarget(url=url, ca_pem=pem)
 
 
 def _absolute(spec: Any) -> Any:

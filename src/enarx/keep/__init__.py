@@ -1,1 +1,1 @@
-"""The agent inside a Keep: sets up the workload's files, (later) attests, and runs it."""
+"""The agent inside a Keep: sets up the workload's files and sockets, then runs it."""

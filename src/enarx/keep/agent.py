@@ -1,11 +1,13 @@
 """Run one workload: config + module bytes in, exit code out.
 
-The data flow of ``enarx run`` (DESIGN.md): config -> backend -> files -> compile -> run.
-Attestation to a steward slots in between files and run once the steward exists.
+The data flow of ``enarx run`` (docs/architecture.md): config -> backend -> compile ->
+attest (with a steward) -> files -> run. With a steward, the Keep attests before any file or
+socket is opened and before the guest runs a single instruction; a refusal ends the run.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +19,12 @@ from enarx.runtime.run import RunLimits, run
 
 if TYPE_CHECKING:  # the config model (pydantic) is not imported for a run without Enarx.toml
     from enarx.config import Config
+    from enarx.keep.attest import StewardTarget
+    from enarx.keep.tls import KeepIdentity
     from enarx.platform.base import Backend
+
+
+__all__ = ["Workload", "run_workload"]
 
 
 @dataclass
@@ -40,14 +47,31 @@ def run_workload(
     stdio: tuple[int, int, int] = (0, 1, 2),
     base_dir: str = ".",
     fd_env: bool = True,
+    identity: KeepIdentity | None = None,
+    steward: StewardTarget | None = None,
 ) -> int:
-    from enarx.keep.files import open_files
+    """Run ``workload``; returns its exit code.
+
+    ``identity`` is the Keep's TLS identity for this run; without one, a TLS entry gets a
+    fresh self-signed one-time key (created here, per run: no process-global identity).
+    With ``steward``, the Keep first attests (evidence binding its one-time key and the
+    workload identity) and the issued certificate becomes ``identity``; a refusal raises
+    (``AttestationRefused``, exit 4) and the workload never starts.
+    """
+    from enarx.keep.files import needs_tls, open_files
     from enarx.wasi.host import WasiHost
 
     module = compile_module(workload.wasm, limits.settings, cache=cache, on_compile=on_compile)
     # No config: stdio as fds 0-2 (upstream's default); --dir pre-opens follow the files.
     files = [*(config.effective_files if config else DEFAULT_FILES), *extra_dirs]
-    fds = open_files(files, stdio=stdio, base_dir=base_dir)
+    if steward is not None:
+        identity = _attest(workload, config, backend, steward, extra_dirs=extra_dirs,
+                           extra_args=extra_args, extra_env=extra_env, fd_env=fd_env)
+    if identity is None and needs_tls(files):
+        from enarx.keep.tls import self_signed
+
+        identity = self_signed()
+    fds = open_files(files, stdio=stdio, base_dir=base_dir, identity=identity)
     # FD_COUNT/FD_NAMES come first (config validation refuses user values for them);
     # --env flags override Enarx.toml's env.
     env = {
@@ -56,9 +80,11 @@ def run_workload(
         **dict(extra_env),
     }
     args = [workload.argv0, *(config.args if config else ()), *extra_args]
+    # os.fsencode: an argument or --env taken from a non-UTF-8 command line reaches us as
+    # surrogate-escaped str; the guest gets the original bytes, as a native program would.
     host = WasiHost(
-        args=[a.encode() for a in args],
-        env=[(k.encode(), v.encode()) for k, v in env.items()],
+        args=[os.fsencode(a) for a in args],
+        env=[(os.fsencode(k), os.fsencode(v)) for k, v in env.items()],
         fds=fds,
         deadline=None,
     )
@@ -68,3 +94,25 @@ def run_workload(
         close = getattr(fds, "close_all", None)
         if close:
             close()
+
+
+def _attest(
+    workload: Workload,
+    config: Config | None,
+    backend: Backend,
+    steward: StewardTarget,
+    **merged: Any,
+) -> KeepIdentity:
+    """Attest to ``steward`` for exactly what will run; the issued identity (leaf + CA)."""
+    import sys
+
+    from enarx.keep.attest import attest_keep
+    from enarx.workload import identity_of
+
+    ident = identity_of(workload.wasm, config, **merged)
+    attested = attest_keep(steward, backend, ident)
+    issued = attested.identity()
+    print(f"enarx: attested to {steward.url}: workload {ident}; certificate serial "
+          f"{issued.cert.serial_number:x}, valid until "
+          f"{issued.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}", file=sys.stderr, flush=True)
+    return issued

@@ -20,32 +20,47 @@ import sys
 from enarx.config import ConnectFile, ListenFile
 from enarx.errors import ResourceError
 from enarx.keep import tls
+from enarx.keep.tls import KeepIdentity
 from enarx.wasi.abi import WasiError
 from enarx.wasi.fdtable import Handle
 from enarx.wasi.sockets import TcpListener, TcpStream, TlsStream
+
+__all__ = ["BACKLOG", "CONNECT_TIMEOUT", "open_entry"]
 
 CONNECT_TIMEOUT = 10.0  # seconds per address, and for the TLS handshake
 BACKLOG = 128
 
 
-def open_entry(entry: ListenFile | ConnectFile, where: str, *, base_dir: str = ".") -> Handle:
+def open_entry(
+    entry: ListenFile | ConnectFile,
+    where: str,
+    *,
+    identity: KeepIdentity | None = None,
+    base_dir: str = ".",
+) -> Handle:
     """The fd handle for one ``[[files]]`` socket entry; ``where`` names it in messages.
+
+    ``identity`` is the Keep's TLS identity for this run (required for ``prot = "tls"``).
 
     Relative ``client_ca``/``trust`` paths resolve against ``base_dir`` (Enarx.toml's
     directory), as ``dir`` entries do.
     """
     if entry.prot == "tcp":
         _say(f"warning: {where}: plaintext tcp — the host can read and change this traffic")
+    if entry.prot == "tls" and identity is None:
+        raise ValueError(f"{where}: a TLS entry needs the Keep's identity")
     if isinstance(entry, ListenFile):
-        return _listen(entry, where, base_dir)
-    return _connect(entry, where, base_dir)
+        return _listen(entry, where, base_dir, identity)
+    return _connect(entry, where, base_dir, identity)
 
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
+def _listen(
+    entry: ListenFile, where: str, base_dir: str, ident: KeepIdentity | None
+) -> Handle:
     port = entry.effective_port
     try:
         infos = socket.getaddrinfo(
@@ -54,6 +69,11 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
     except socket.gaierror as e:
         raise ResourceError(
             f"{where}: cannot use listen address {entry.addr!r}: {e.strerror}",
+            hint="give an IP address such as 0.0.0.0, ::, 127.0.0.1 or ::1",
+        ) from None
+    except (UnicodeError, ValueError) as e:  # e.g. an empty or over-long DNS label
+        raise ResourceError(
+            f"{where}: invalid listen address {entry.addr!r}: {e}",
             hint="give an IP address such as 0.0.0.0, ::, 127.0.0.1 or ::1",
         ) from None
     family, _type, proto, _canon, sockaddr = infos[0]
@@ -68,7 +88,7 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
     except OSError as e:
         sock.close()
         raise ResourceError(
-            f"{where}: cannot listen on {_fmt(sockaddr[0], port)}: {e.strerror}",
+            f"{where}: cannot listen on {_fmt(str(sockaddr[0]), port)}: {e.strerror}",
             hint={
                 errno.EADDRINUSE: "another program holds this port: pick a free one "
                 "(`port = 0` takes any free port; the bound one is printed)",
@@ -77,16 +97,15 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
         ) from None
     host, bound = sock.getsockname()[:2]
     ctx = None
-    if entry.prot == "tls":
+    if ident is not None and entry.prot == "tls":
         try:
             ca = None if entry.client_ca is None else _path(entry.client_ca, base_dir)
-            ctx = tls.server_context(where, ca)
+            ctx = tls.server_context(where, ident, ca)
         except BaseException:
             sock.close()
             raise
     _say(f"enarx: {where}: listening on {_fmt(host, bound)} ({entry.prot})")
-    if ctx is not None:
-        ident = tls.keep_identity()
+    if ctx is not None and ident is not None:
         kind = "self-signed, one-time key" if ident.self_signed else "issued to this Keep"
         _say(f"enarx: {where}: certificate ({kind}) sha256 Fingerprint={ident.fingerprint()}")
         _say(f"enarx: {where}: public key pin {ident.spki_pin()}")
@@ -95,9 +114,12 @@ def _listen(entry: ListenFile, where: str, base_dir: str) -> Handle:
     return TcpListener(sock, ctx)
 
 
-def _connect(entry: ConnectFile, where: str, base_dir: str) -> Handle:
+def _connect(
+    entry: ConnectFile, where: str, base_dir: str, ident: KeepIdentity | None
+) -> Handle:
     trust = entry.trust if entry.trust == "system" else _path(entry.trust, base_dir)
-    ctx = tls.client_context(where, trust) if entry.prot == "tls" else None
+    ctx = (tls.client_context(where, ident, trust)
+           if ident is not None and entry.prot == "tls" else None)
     sock = _dial(entry.host, entry.port, where)
     if ctx is None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -130,6 +152,11 @@ def _dial(host: str, port: int, where: str) -> socket.socket:
             f"{where}: cannot resolve {host!r}: {e.strerror}",
             hint="check `host`; names are resolved by the Keep with the system resolver",
         ) from None
+    except (UnicodeError, ValueError) as e:  # e.g. an empty or over-long DNS label
+        raise ResourceError(
+            f"{where}: invalid host name {host!r}: {e}",
+            hint="check `host`: DNS labels are 1 to 63 bytes, separated by single dots",
+        ) from None
     errors: list[str] = []
     for family, _type, proto, _canon, sockaddr in infos:
         sock = socket.socket(family, socket.SOCK_STREAM, proto)
@@ -138,7 +165,7 @@ def _dial(host: str, port: int, where: str) -> socket.socket:
             sock.connect(sockaddr)
         except OSError as e:
             sock.close()
-            errors.append(f"{_fmt(sockaddr[0], port)}: {e.strerror or 'timed out'}")
+            errors.append(f"{_fmt(str(sockaddr[0]), port)}: {e.strerror or 'timed out'}")
             continue
         return sock
     raise ResourceError(

@@ -1,9 +1,13 @@
 """The Keep's TLS identity and the ``ssl`` contexts for listen/connect entries.
 
-One Keep, one identity: a P-384 key generated inside the Keep at first use, never written
-to disk and never leaving the process. Until a steward issues a certificate for it (a later
-step of the agent calls :func:`set_identity`), the Keep certifies the key itself; clients
-pin that self-signed certificate by the fingerprints printed at start-up.
+One run, one identity: a :class:`KeepIdentity` holding a key generated inside the Keep,
+never written to disk and never leaving the process, and the chain presented for it. There is
+no process-global identity: the agent creates one per run and passes it explicitly to
+:func:`server_context` / :func:`client_context`. With a steward, the identity is the
+attested one-time P-256 key and the chain the steward issued for it, leaf then steward CA
+(``keep/attest.py``, ``self_signed=False``). Without one, the Keep certifies a P-384 key
+itself (:func:`self_signed`, only when a TLS entry needs it); clients pin that certificate by
+the fingerprints printed at start-up.
 
 Listeners speak TLS 1.3 only. Outgoing connections accept TLS 1.2 or 1.3 (many servers
 still lack 1.3), check the server's name, and trust the system roots or a PEM file.
@@ -28,9 +32,11 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from enarx.errors import ResourceError
+
+__all__ = ["KeepIdentity", "client_context", "self_signed", "server_context"]
 
 _VALIDITY = datetime.timedelta(days=1)  # a one-time key needs no long-lived certificate
 
@@ -60,24 +66,8 @@ class KeepIdentity:
         return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-_identity: KeepIdentity | None = None
-
-
-def set_identity(identity: KeepIdentity) -> None:
-    """Install a steward-issued chain for the Keep's key (before sockets are opened)."""
-    global _identity
-    _identity = identity
-
-
-def keep_identity() -> KeepIdentity:
-    """The Keep's identity, created (one-time key, self-signed) on first use."""
-    global _identity
-    if _identity is None:
-        _identity = self_signed()
-    return _identity
-
-
 def self_signed(common_name: str = "enarx keep") -> KeepIdentity:
+    """A fresh one-time key and a short-lived certificate for it, signed by itself."""
     key = ec.generate_private_key(ec.SECP384R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
@@ -106,7 +96,7 @@ def self_signed(common_name: str = "enarx keep") -> KeepIdentity:
         )
         .add_extension(
             x509.ExtendedKeyUsage(
-                [x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
             ),
             critical=False,
         )
@@ -155,27 +145,31 @@ def _load_identity(ctx: ssl.SSLContext, ident: KeepIdentity) -> None:
 # --- contexts ------------------------------------------------------------------------------
 
 
-def server_context(where: str, client_ca: str | None = None) -> ssl.SSLContext:
-    """TLS 1.3 server context with the Keep's identity; mTLS when ``client_ca`` is set."""
+def server_context(
+    where: str, identity: KeepIdentity, client_ca: str | None = None
+) -> ssl.SSLContext:
+    """TLS 1.3 server context presenting ``identity``; mTLS when ``client_ca`` is set."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
-    _load_identity(ctx, keep_identity())
+    _load_identity(ctx, identity)
     if client_ca is not None:
         _load_trust(ctx, client_ca, where, "client_ca")
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
-def client_context(where: str, trust: str = "system") -> ssl.SSLContext:
-    """Client context: server name checked against ``trust``; the Keep's cert presented."""
+def client_context(
+    where: str, identity: KeepIdentity, trust: str = "system"
+) -> ssl.SSLContext:
+    """Client context: server name checked against ``trust``; ``identity`` presented."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if trust == "system":
         ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
     else:
         _load_trust(ctx, trust, where, "trust")
-    _load_identity(ctx, keep_identity())
+    _load_identity(ctx, identity)
     return ctx
 
 

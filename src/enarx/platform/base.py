@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+__all__ = ["Backend", "Check", "Evidence"]
+
 
 @dataclass(frozen=True)
 class Check:

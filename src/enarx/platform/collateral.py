@@ -17,14 +17,21 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import os
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enarx.errors import EnarxError
-from enarx.fsutil import atomic_write
+from enarx.fsutil import atomic_write, cache_dir
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = [
+    "INTEL_ROOT_CRL_URL", "KDS_URL", "PCS_URL", "CollateralFetchError", "Fetcher", "Response",
+    "SnpCollateral", "default_cache_dir", "fetch_dcap_collateral", "fetch_vcek",
+]
 
 KDS_URL = "https://kdsintf.amd.com"
 PCS_URL = "https://api.trustedservices.intel.com"
@@ -43,11 +50,7 @@ class CollateralFetchError(EnarxError):
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("ENARX_COLLATERAL_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "enarx" / "collateral"
+    return cache_dir("collateral", env="ENARX_COLLATERAL_CACHE")
 
 
 @dataclass(frozen=True)
@@ -59,11 +62,18 @@ class Response:
 
 class Fetcher:
     """GET with an on-disk cache keyed by URL. Entries live until the expiry recorded with
-    ``set_expiry`` (the fetched object's own notAfter / nextUpdate), an hour before that."""
+    ``set_expiry`` (the fetched object's own notAfter / nextUpdate), an hour before that.
 
-    def __init__(self, cache_dir: Path | None = None, *, refresh: bool = False) -> None:
+    ``client`` is the ``httpx.Client`` requests go through (its transport decides where they
+    go: tests and proxies inject one); the caller owns and closes it. Without one, each
+    download uses a short-lived client of its own.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, *, refresh: bool = False,
+                 client: httpx.Client | None = None) -> None:
         self.cache_dir = cache_dir or default_cache_dir()
         self.refresh = refresh
+        self.client = client
         self.requests = 0  # network requests made (the rest came from the cache)
 
     def _paths(self, url: str) -> tuple[Path, Path]:
@@ -97,7 +107,7 @@ class Fetcher:
             meta = json.loads(meta_path.read_text())
             meta["expires"] = expires.isoformat()
             atomic_write(meta_path, json.dumps(meta).encode())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
 
     def forget(self, url: str) -> None:
@@ -108,7 +118,9 @@ class Fetcher:
         try:
             meta = json.loads(meta_path.read_text())
             body = body_path.read_bytes()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
+            return None
+        if not isinstance(meta, dict):
             return None
         if meta.get("url") != url or meta.get("sha256") != hashlib.sha256(body).hexdigest():
             return None  # damaged or colliding entry: fetch again
@@ -126,7 +138,11 @@ class Fetcher:
         self.requests += 1
         label = what or url
         try:
-            r = httpx.get(url, timeout=TIMEOUT, follow_redirects=True)
+            if self.client is not None:
+                r = self.client.get(url, timeout=TIMEOUT, follow_redirects=True)
+            else:
+                with httpx.Client(timeout=TIMEOUT, follow_redirects=True) as client:
+                    r = client.get(url)
         except httpx.HTTPError as e:
             raise CollateralFetchError(
                 f"cannot fetch {label} from {url}: {e}",
@@ -248,8 +264,8 @@ def fetch_dcap_collateral(
     # Each object stays cached until its own nextUpdate (capped: Intel's cadence is monthly).
     now = dt.datetime.now(dt.UTC)
     next_updates = {
-        "tcb": _json_next_update(tcb.body, "tcbInfo"),
-        "qe": _json_next_update(qe.body, "enclaveIdentity"),
+        "tcb": _json_next_update(tcb.body, "tcbInfo", "TCB Info", fetcher, urls["tcb"]),
+        "qe": _json_next_update(qe.body, "enclaveIdentity", "QE Identity", fetcher, urls["qe"]),
         "crl": _crl_next_update(files["pck_crl.der"]),
         "root": _crl_next_update(files["root_ca_crl.der"]),
     }
@@ -258,9 +274,18 @@ def fetch_dcap_collateral(
     return files
 
 
-def _json_next_update(body: bytes, key: str) -> dt.datetime | None:
+def _json_next_update(body: bytes, key: str, what: str, fetcher: Fetcher,
+                      url: str) -> dt.datetime | None:
     try:
-        value = json.loads(body)[key]["nextUpdate"]
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json can go
+        fetcher.forget(url)  # not worth keeping: the next run asks again
+        raise CollateralFetchError(
+            f"{what}: the response is not a JSON document",
+            hint="check --pcs-url: it must point at Intel PCS or a PCCS (v4 API)",
+        ) from None
+    try:
+        value = doc[key]["nextUpdate"]
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except (ValueError, KeyError, TypeError, AttributeError):
         return None

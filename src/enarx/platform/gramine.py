@@ -11,6 +11,8 @@ from pathlib import Path
 
 from enarx.errors import EvidenceError
 
+__all__ = ["ATTESTATION_DIR", "attestation_type", "get_quote"]
+
 ATTESTATION_DIR = "/dev/attestation"
 
 

@@ -7,6 +7,8 @@ import os
 
 from enarx.platform.base import Backend, Check
 
+__all__ = ["KvmBackend", "cpu_flags", "flag_check", "node_check"]
+
 
 def cpu_flags(backend: Backend) -> set[str]:
     try:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enarx.platform.base import Backend, Check
 
+__all__ = ["NilBackend"]
+
 
 class NilBackend(Backend):
     name = "nil"

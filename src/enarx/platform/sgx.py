@@ -10,6 +10,8 @@ from enarx.platform import gramine
 from enarx.platform.base import Backend, Check, Evidence
 from enarx.platform.kvm import flag_check, node_check
 
+__all__ = ["SgxBackend"]
+
 
 class SgxBackend(Backend):
     name = "sgx"

@@ -19,7 +19,6 @@ import datetime as dt
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,7 +37,12 @@ from enarx.attestation.snp.abi import (
 )
 from enarx.attestation.snp.certs import OID_HWID, OID_PRODUCT_NAME, OID_STRUCT_VERSION, SPL_OIDS
 from enarx.errors import EvidenceError
+from enarx.fsutil import atomic_write, ensure_private_dir, state_dir
 from enarx.platform.base import Backend, Check, Evidence
+
+__all__ = [
+    "DEFAULT_MEASUREMENT", "DEFAULT_POLICY", "DEFAULT_TCB", "SimBackend", "default_state_dir",
+]
 
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 _CPUID = {"Milan": (0x19, 0x01, 0x01), "Genoa": (0x19, 0x11, 0x01), "Turin": (0x1A, 0x02, 0x01)}
@@ -50,11 +54,8 @@ DEFAULT_MEASUREMENT = hashlib.sha384(b"enarx sim launch measurement").digest()
 
 
 def default_state_dir() -> Path:
-    env = os.environ.get("ENARX_SIM_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "enarx" / "sim"
+    """``$ENARX_SIM_DIR``, else ``$XDG_STATE_HOME/enarx/sim`` (``~/.local/state/...``)."""
+    return state_dir("sim", env="ENARX_SIM_DIR")
 
 
 class SimBackend(Backend):
@@ -171,7 +172,7 @@ class SimBackend(Backend):
         if path.exists():
             return path.read_bytes()
         der = self.issue_vcek()
-        _atomic_write(path, der, 0o644)
+        atomic_write(path, der, mode=0o644)
         return der
 
     def issue_vcek(self, *, tcb: dict[str, int] | None = None, hw_id: bytes | None = None) -> bytes:
@@ -212,8 +213,7 @@ class SimBackend(Backend):
             return
         d = self.state_dir
         try:
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(d, 0o700)
+            ensure_private_dir(d)
             with _locked(d / ".lock"):
                 if not (d / "ask.pem").exists():
                     self._generate()
@@ -234,12 +234,12 @@ class SimBackend(Backend):
         ask = _ca_cert(_name("SIM-ASK"), ark_name, ask_key.public_key(), ark_key, now, 25)
         # Keys and secret first, the certificates last: ask.pem marks a complete state.
         for fname, key in (("ark.key", ark_key), ("ask.key", ask_key)):
-            _atomic_write(d / fname, key.private_bytes(
+            atomic_write(d / fname, key.private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption()), 0o600)
-        _atomic_write(d / "chip.secret", os.urandom(32), 0o600)
-        _atomic_write(d / "ark.pem", ark.public_bytes(serialization.Encoding.PEM), 0o644)
-        _atomic_write(d / "ask.pem", ask.public_bytes(serialization.Encoding.PEM), 0o644)
+                serialization.NoEncryption()), mode=0o600)
+        atomic_write(d / "chip.secret", os.urandom(32), mode=0o600)
+        atomic_write(d / "ark.pem", ark.public_bytes(serialization.Encoding.PEM), mode=0o644)
+        atomic_write(d / "ask.pem", ask.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
     def _ark_cert(self) -> x509.Certificate:
         self._ensure()
@@ -324,21 +324,6 @@ def _load_key(path: Path) -> rsa.RSAPrivateKey:
         raise EvidenceError(f"sim key {path} is not an RSA key",
                             hint="delete the sim state directory to regenerate it")
     return key
-
-
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 @contextlib.contextmanager

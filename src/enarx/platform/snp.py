@@ -8,6 +8,8 @@ from enarx.platform import sev_guest, tsm
 from enarx.platform.base import Backend, Check, Evidence
 from enarx.platform.kvm import flag_check
 
+__all__ = ["SnpBackend"]
+
 
 class SnpBackend(Backend):
     name = "sev-snp"
@@ -44,8 +46,7 @@ class SnpBackend(Backend):
         if not dev.exists():
             raise EvidenceError("neither configfs-tsm nor /dev/sev-guest is present",
                                 hint="run inside an SEV-SNP guest with the sev-guest driver")
-        kw = {"ioctl": self.ioctl} if self.ioctl else {}
-        got2 = sev_guest.get_report(dev, report_data, vmpl=self.vmpl or 0, **kw)
+        got2 = sev_guest.get_report(dev, report_data, vmpl=self.vmpl or 0, ioctl=self.ioctl)
         table = sev_guest.parse_cert_table(got2.certs) if got2.certs.strip(b"\0") else {}
         return Evidence("snp-report", got2.report, sev_guest.ordered_certs(table),
                         provider="sev-guest")

@@ -7,6 +7,8 @@ from enarx.platform import tsm
 from enarx.platform.base import Backend, Check, Evidence
 from enarx.platform.kvm import flag_check, node_check
 
+__all__ = ["TdxBackend"]
+
 
 class TdxBackend(Backend):
     name = "tdx"

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from enarx.errors import EvidenceError
 
+__all__ = ["TSM_REPORT_DIR", "FileOps", "TsmReport", "get_report"]
+
 TSM_REPORT_DIR = "/sys/kernel/config/tsm/report"
 
 

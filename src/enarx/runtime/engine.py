@@ -13,6 +13,18 @@ import wasmtime
 from enarx.errors import InvalidModule
 from enarx.runtime.cache import ModuleCache
 
+__all__ = [
+    "COMPONENT_HEADER",
+    "LARGE_MODULE",
+    "PREVIEW2_HINT",
+    "EngineSettings",
+    "cache_binding",
+    "cache_key",
+    "compile_module",
+    "get_engine",
+    "wasmtime_version",
+]
+
 
 @dataclass(frozen=True)
 class EngineSettings:
@@ -51,10 +63,24 @@ def get_engine(settings: EngineSettings) -> wasmtime.Engine:
     return wasmtime.Engine(cfg)
 
 
+def cache_binding(wasm: bytes, settings: EngineSettings) -> bytes:
+    """What a cached artifact is authenticated for: module digest, wasmtime, engine settings."""
+    return _binding(hashlib.sha256(wasm).digest(), settings)
+
+
 def cache_key(wasm: bytes, settings: EngineSettings) -> str:
-    h = hashlib.sha256(wasm).hexdigest()
+    """The entry's file name: a lookup hint only (entries are authenticated, see cache.py)."""
+    return _name(hashlib.sha256(wasm).digest(), settings)
+
+
+def _binding(digest: bytes, settings: EngineSettings) -> bytes:
+    parts = (digest, wasmtime_version().encode(), settings.describe().encode())
+    return b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+
+
+def _name(digest: bytes, settings: EngineSettings) -> str:
     meta = hashlib.sha256(f"{wasmtime_version()}|{settings.describe()}".encode()).hexdigest()
-    return f"{h[:40]}-{meta[:16]}"
+    return f"{digest.hex()[:40]}-{meta[:16]}"
 
 
 #: Modules bigger than this get a progress indicator while they compile.
@@ -74,14 +100,18 @@ def compile_module(
     it: the CLI uses it to show a spinner for large modules.
     """
     engine = get_engine(settings)
-    key = cache_key(wasm, settings) if cache else ""
+    digest = hashlib.sha256(wasm).digest() if cache else b""  # once: modules can be large
+    key = _name(digest, settings)
+    binding = _binding(digest, settings)
     if cache:
-        artifact = cache.load(key)
+        # Only artifacts this user's key authenticated for exactly this module and engine
+        # reach deserialize (wasmtime treats them as trusted native code).
+        artifact = cache.load(key, binding)
         if artifact is not None:
             try:
                 return wasmtime.Module.deserialize(engine, artifact)
             except wasmtime.WasmtimeError:
-                cache.discard(key)  # wrong version or damaged beyond the digest: recompile
+                cache.discard(key)  # authentic but unusable (e.g. CPU features): recompile
     done = on_compile(len(wasm)) if on_compile else None
     try:
         module = _compile(engine, wasm)
@@ -89,7 +119,7 @@ def compile_module(
         if done:
             done()
     if cache:
-        cache.store(key, module.serialize())
+        cache.store(key, binding, bytes(module.serialize()))
     return module
 
 
@@ -117,7 +147,7 @@ def _compile(engine: wasmtime.Engine, wasm: bytes) -> wasmtime.Module:
                 )
             raise InvalidModule("not a WebAssembly module (bad magic number)")
         try:
-            wasm = wasmtime.wat2wasm(text)
+            wasm = bytes(wasmtime.wat2wasm(text))
         except wasmtime.WasmtimeError as e:
             raise InvalidModule(f"invalid WebAssembly text: {_first_line(e)}") from None
     if wasm.startswith(COMPONENT_HEADER):

@@ -2,15 +2,18 @@
 
 A mixin of :class:`enarx.wasi.host.WasiHost`. Rights missing from a handle answer
 ``ENOTCAPABLE`` (76), as preview1 specifies and the WASI testsuite accepts.
+
+With fuel on (``fuel_metered``), the data calls pay for their bytes (:mod:`enarx.wasi.fuel`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 from typing import TYPE_CHECKING
 
-from enarx.wasi import abi
+from enarx.wasi import abi, fuel
 from enarx.wasi.abi import (
     DIRENT,
     FDSTAT,
@@ -22,13 +25,17 @@ from enarx.wasi.abi import (
     Filetype,
     WasiError,
 )
-from enarx.wasi.fdtable import DirHandle, FileHandle, Handle, NullHandle, StdioHandle
+from enarx.wasi.dirhandle import DirHandle
+from enarx.wasi.fdtable import FileHandle, Handle, NullHandle, StdioHandle
 from enarx.wasi.guestmem import clip, iovecs, view, write_bytes
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable
 
+__all__ = ["FdCalls", "check_fstflags"]
+
 _I64 = 1 << 63
+_READDIR_BATCH = 1 << 16  # bytes of dirents the host builds at a time
 _W = abi.RIGHT_FD_WRITE
 _unpack_iovec = abi.IOVEC.unpack_from
 _pack_u32 = U32.pack_into
@@ -68,9 +75,36 @@ def _may_block(h: Handle) -> bool:
 class FdCalls:
     fds: FdTable
     deadline: float | None
+    _ctx: ctypes.c_void_p | None  # the store context (WasiHost binds it on the first call)
+    #: Set by the runtime when the store has fuel: host calls then pay for their bytes.
+    fuel_metered: bool = False
+    #: Set when a host call could not pay: the trap that follows is "out of fuel".
+    out_of_fuel: bool = False
+
+    _pollers: dict[tuple[int, int], select.poll]  # WasiHost's, see _wait_ready
 
     def check_deadline(self) -> float | None:  # provided by WasiHost
         raise NotImplementedError
+
+    # --- fuel ---------------------------------------------------------------------------
+    def _charge(self, nbytes: int) -> None:
+        """Pay for ``nbytes`` of host work (all or nothing: FuelExhausted stops the guest)."""
+        if self.fuel_metered:
+            try:
+                fuel.charge(self._ctx, nbytes)
+            except fuel.FuelExhausted:
+                self.out_of_fuel = True
+                raise
+
+    def _io_bufs(self, mv: memoryview, iovs: int, n: int) -> list[memoryview]:
+        """The guest's iovecs, clipped to what the remaining fuel pays for."""
+        bufs = iovecs(mv, iovs, n)
+        if self.fuel_metered:
+            cap = fuel.affordable(self._ctx)
+            if cap == 0 and any(len(b) for b in bufs):
+                self._charge(1)  # raises: not even one byte can be paid for
+            bufs = clip(bufs, cap)
+        return bufs
 
     # --- data ---------------------------------------------------------------------------
     def _fd_write(self, mv: memoryview, fd: int, iovs: int, n: int, out: int) -> int:
@@ -80,8 +114,8 @@ class FdCalls:
             return Errno.BADF
         if not h.rights_base & _W:
             return Errno.NOTCAPABLE
-        if self.deadline is not None and _may_block(h):
-            return self._fd_write_by_deadline(mv, h, iovs, n, out)
+        if self.fuel_metered or (self.deadline is not None and _may_block(h)):
+            return self._fd_write_slow(mv, h, iovs, n, out)
         if n == 1:
             buf, ln = _unpack_iovec(mv, iovs)
             end = buf + ln
@@ -96,19 +130,28 @@ class FdCalls:
         h = self.fds.get(fd)
         if not h.rights_base & abi.RIGHT_FD_READ:
             raise WasiError(Errno.NOTCAPABLE)
+        metered = self.fuel_metered
+        bufs = self._io_bufs(mv, iovs, n) if metered else iovecs(mv, iovs, n)
         if _may_block(h):
             self._wait_readable(h.host_fd)  # type: ignore[attr-defined]
-        U32.pack_into(mv, out, h.read(iovecs(mv, iovs, n)))
+        got = h.read(bufs)
+        if metered:
+            self._charge(got)
+        U32.pack_into(mv, out, got)
         return 0
 
-    def _fd_write_by_deadline(
-        self, mv: memoryview, h: Handle, iovs: int, n: int, out: int
-    ) -> int:
-        """A write to a pipe/tty/FIFO nobody drains must not outlive the deadline: wait until
-        the fd is writable, then write at most PIPE_BUF bytes, which cannot block once poll
-        says so. A short write is a valid answer; libc writes the rest in the next call."""
-        self._wait_ready(h.host_fd, select.POLLOUT)  # type: ignore[attr-defined]
-        _pack_u32(mv, out, h.write(clip(iovecs(mv, iovs, n), select.PIPE_BUF)))
+    def _fd_write_slow(self, mv: memoryview, h: Handle, iovs: int, n: int, out: int) -> int:
+        """fd_write with fuel to pay or a deadline to keep. A write to a pipe/tty/FIFO nobody
+        drains must not outlive the deadline: wait until the fd is writable, then write at
+        most PIPE_BUF bytes, which cannot block once poll says so. A short write is a valid
+        answer; libc writes the rest in the next call."""
+        bufs = self._io_bufs(mv, iovs, n)
+        if self.deadline is not None and _may_block(h):
+            self._wait_ready(h.host_fd, select.POLLOUT)  # type: ignore[attr-defined]
+            bufs = clip(bufs, select.PIPE_BUF)
+        done = h.write(bufs)
+        self._charge(done)
+        _pack_u32(mv, out, done)
         return 0
 
     def _wait_readable(self, host_fd: int) -> None:
@@ -120,8 +163,16 @@ class FdCalls:
         left = self.check_deadline()
         if left is None:
             return
-        poller = select.poll()  # not select(): guest-opened fds may be above FD_SETSIZE
-        poller.register(host_fd, events)
+        # One poll object per (fd, events), kept for the run: building one per call doubled
+        # the cost of every stdio call under --timeout. A poll object holds only the fd
+        # number and events, so a reused host fd number is the same poll target.
+        key = (host_fd, events)
+        poller = self._pollers.get(key)
+        if poller is None:
+            poller = select.poll()  # not select(): guest-opened fds may be above FD_SETSIZE
+            poller.register(host_fd, events)
+            if len(self._pollers) < 64:
+                self._pollers[key] = poller
         while not poller.poll(max(1, int(min(left, 1.0) * 1000))):
             left = self.check_deadline()
             assert left is not None
@@ -131,7 +182,9 @@ class FdCalls:
         _need(h, abi.RIGHT_FD_READ)
         if off >= _I64:
             return Errno.INVAL
-        U32.pack_into(mv, out, h.pread(iovecs(mv, iovs, n), off))
+        got = h.pread(self._io_bufs(mv, iovs, n), off)
+        self._charge(got)
+        U32.pack_into(mv, out, got)
         return 0
 
     def _fd_pwrite(self, mv: memoryview, fd: int, iovs: int, n: int, off: int, out: int) -> int:
@@ -139,7 +192,9 @@ class FdCalls:
         _need(h, abi.RIGHT_FD_WRITE)
         if off >= _I64:
             return Errno.INVAL
-        U32.pack_into(mv, out, h.pwrite(iovecs(mv, iovs, n), off))
+        done = h.pwrite(self._io_bufs(mv, iovs, n), off)
+        self._charge(done)
+        U32.pack_into(mv, out, done)
         return 0
 
     def _fd_seek(self, mv: memoryview, fd: int, offset: int, whence: int, out: int) -> int:
@@ -179,8 +234,9 @@ class FdCalls:
 
     def _sync(self, fd: int, right: int, *, data_only: bool) -> int:
         h = self.fds.get(fd)
-        if not isinstance(h, DirHandle):  # directories sync without the right, as wasmtime
-            _need(h, right)
+        if isinstance(h, DirHandle):
+            return Errno.BADF  # as wasmtime: a directory is not a file to sync
+        _need(h, right)
         h.sync(data_only=data_only)
         return 0
 
@@ -238,6 +294,10 @@ class FdCalls:
         h = self.fds.get(fd)
         if isinstance(h, DirHandle):
             return Errno.BADF
+        if isinstance(h, FileHandle) and not h.writable:
+            # As Linux ftruncate (and wasmtime): not open for writing; a read-only pre-open
+            # answers EROFS to every write, as everywhere else.
+            return Errno.ROFS if h.readonly else Errno.INVAL
         _need(h, abi.RIGHT_FD_FILESTAT_SET_SIZE)
         if size >= _I64:
             return Errno.INVAL
@@ -282,19 +342,22 @@ class FdCalls:
             return Errno.NOTDIR if not isinstance(h, (StdioHandle, NullHandle)) else Errno.BADF
         _need(h, abi.RIGHT_FD_READDIR)
         dest = view(mv, buf, length)
-        if cookie == 0 or h.listing is None:
-            h.listing = h.entries()
-        # Serialise entries from `cookie` on; the last one may be cut short, which tells
-        # the guest (libc) its buffer was too small, exactly as the spec describes.
-        chunks = []
-        size = 0
-        for i in range(cookie, len(h.listing)):
-            name, ino, ftype = h.listing[i]
-            chunks.append(DIRENT.pack(i + 1, ino, len(name), ftype) + name)
-            size += DIRENT.size + len(name)
-            if size >= length:
+        # Serialise entries from `cookie` on, in batches (the host holds one batch at a
+        # time, never the listing); the last one may be cut short, which tells the guest
+        # (libc) its buffer was too small, exactly as the spec describes. A buffer left
+        # short means the end of the directory.
+        pos = 0
+        while pos < length:
+            batch = h.readdir(cookie, min(length - pos, _READDIR_BATCH), self.fds.streams)
+            if not batch:
                 break
-        data = b"".join(chunks)[:length]
-        dest[: len(data)] = data
-        U32.pack_into(mv, out, len(data))
+            start = pos
+            for nxt, name, ino, ftype in batch:
+                rec = DIRENT.pack(nxt, ino, len(name), ftype) + name
+                k = min(len(rec), length - pos)
+                dest[pos : pos + k] = rec[:k]
+                pos += k
+                cookie = nxt
+            self._charge(pos - start)
+        U32.pack_into(mv, out, pos)
         return 0

@@ -1,7 +1,7 @@
 """The guest's fd table and the handles behind each fd.
 
 Enarx's fd model: ``Enarx.toml`` ``files[i]`` becomes WASI fd ``i`` (stdio, null, pre-opened
-dirs now; TCP listeners/streams and TLS later). Every handle subclasses :class:`Handle`,
+dirs, TCP listeners and streams, TLS). Every handle subclasses :class:`Handle`,
 whose defaults answer the errno wasmtime gives for an operation the kind of fd cannot do,
 so a new kind (a socket) overrides only what it supports and callers never change.
 
@@ -20,9 +20,10 @@ import select
 import stat as st
 import termios
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from enarx.errors import ResourceError
 from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.guestmem import advance
@@ -284,8 +285,13 @@ def set_times_fd(
         raise from_oserror(e) from None
 
 
+#: Rights a file keeps when open read-only (and that path_open grants whatever the guest
+#: asked for: wasi-libc leaves FD_DATASYNC out of an O_RDONLY request, yet fdatasync works).
+FILE_METADATA_RIGHTS = abi.RIGHT_FD_SYNC | abi.RIGHT_FD_DATASYNC | abi.RIGHT_FD_FILESTAT_SET_TIMES
+
+
 class FileHandle(_HostFdHandle):
-    filetype = Filetype.REGULAR_FILE
+    filetype: int = Filetype.REGULAR_FILE
 
     def __init__(
         self, host_fd: int, *, readable: bool, writable: bool, readonly: bool, fdflags: int = 0
@@ -295,7 +301,10 @@ class FileHandle(_HostFdHandle):
         if not readable:
             rights &= ~abi.RIGHT_FD_READ
         if not writable:
-            rights &= ~abi.RIGHTS_FILE_WRITE
+            # As Linux (and wasmtime): a file open read-only still syncs and takes new
+            # timestamps; only the calls that change its data need it open for writing.
+            rights &= ~(abi.RIGHTS_FILE_WRITE & ~FILE_METADATA_RIGHTS)
+        self.writable = writable
         self.rights_base = rights
         self.rights_inheriting = 0
         self.fdflags = fdflags
@@ -321,10 +330,8 @@ class FileHandle(_HostFdHandle):
             raise from_oserror(e) from None
 
     def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
+        # Under O_APPEND the data goes to the end whatever the offset, as Linux and wasmtime.
         try:
-            if self.fdflags & abi.FDFLAG_APPEND:
-                # Linux pwrite ignores the offset under O_APPEND; do what the guest asked.
-                return _pwrite_noappend(self.host_fd, bufs, offset)
             return os.pwritev(self.host_fd, bufs, offset)
         except OSError as e:
             raise from_oserror(e) from None
@@ -342,8 +349,12 @@ class FileHandle(_HostFdHandle):
             raise from_oserror(e) from None
 
     def set_fdflags(self, flags: int) -> None:
+        # NONBLOCK reaches the host fd too: a FIFO the guest switched to non-blocking must
+        # answer EAGAIN, not block the host where no deadline reaches.
         cur = fcntl.fcntl(self.host_fd, fcntl.F_GETFL)
-        want = (cur & ~os.O_APPEND) | (os.O_APPEND if flags & abi.FDFLAG_APPEND else 0)
+        want = cur & ~(os.O_APPEND | os.O_NONBLOCK)
+        want |= os.O_APPEND if flags & abi.FDFLAG_APPEND else 0
+        want |= os.O_NONBLOCK if flags & abi.FDFLAG_NONBLOCK else 0
         fcntl.fcntl(self.host_fd, fcntl.F_SETFL, want)
         self.fdflags = flags
 
@@ -368,100 +379,35 @@ class FileHandle(_HostFdHandle):
             return 0
 
 
-def _pwrite_noappend(fd: int, bufs: Sequence[memoryview], offset: int) -> int:
-    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_APPEND)
-    try:
-        return os.pwritev(fd, bufs, offset)
-    finally:
-        fcntl.fcntl(fd, fcntl.F_SETFL, fl)
+#: Directory streams the whole fd table keeps open between fd_readdir calls (least recently
+#: used first out). Each holds a dup of its directory's fd and libc's DIR buffer (~32 KiB):
+#: the host memory readdir costs stays constant however many directories a guest opens.
+MAX_OPEN_STREAMS = 16
+
+class _Streaming(Protocol):
+    def end_stream(self) -> None: ...
 
 
-class DirHandle(_HostFdHandle):
-    """A directory fd; pre-opens carry the guest path announced by fd_prestat_*."""
+class DirStreams:
+    """The fd table's open directory streams (:class:`~enarx.wasi.dirhandle.DirHandle`),
+    at most ``limit`` at a time."""
 
-    filetype = Filetype.DIRECTORY
+    def __init__(self, limit: int = MAX_OPEN_STREAMS) -> None:
+        self.limit = limit
+        self._open: OrderedDict[int, _Streaming] = OrderedDict()
 
-    def __init__(self, host_fd: int, *, readonly: bool, guest_path: bytes | None) -> None:
-        super().__init__(host_fd, readonly)
-        self.guest_path = guest_path
-        if readonly:
-            self.rights_base = abi.RIGHTS_DIR_READ
-            self.rights_inheriting = abi.RIGHTS_DIR_READ | abi.RIGHTS_FILE_READ
-        else:
-            self.rights_base = abi.RIGHTS_DIR
-            self.rights_inheriting = abi.RIGHTS_DIR | abi.RIGHTS_FILE
-        # fd_readdir listing cache: rebuilt when the guest starts again at cookie 0.
-        self.listing: list[tuple[bytes, int, int]] | None = None
+    def touch(self, h: _Streaming) -> None:
+        self._open[id(h)] = h
+        self._open.move_to_end(id(h))
+        while len(self._open) > self.limit:
+            _, old = self._open.popitem(last=False)
+            old.end_stream()
 
-    @classmethod
-    def preopen(cls, host_path: str, guest_path: str, *, readonly: bool = False) -> DirHandle:
-        try:
-            fd = os.open(host_path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ResourceError(
-                f"pre-opened directory {host_path!r} does not exist",
-                hint="create the directory, or fix the path (--dir or `host` in Enarx.toml)",
-            ) from None
-        except NotADirectoryError:
-            raise ResourceError(
-                f"{host_path!r} is not a directory",
-                hint="--dir (and kind = \"dir\") takes a directory: pre-open the one holding "
-                "the file and pass the guest the file's path inside it",
-            ) from None
-        except OSError as e:
-            raise ResourceError(f"cannot open directory {host_path!r}: {e.strerror}") from None
-        return cls(fd, readonly=readonly, guest_path=os.fsencode(guest_path))
+    def forget(self, h: object) -> None:
+        self._open.pop(id(h), None)
 
-    def read(self, bufs: Sequence[memoryview]) -> int:
-        raise WasiError(Errno.BADF)
-
-    def write(self, bufs: Sequence[memoryview]) -> int:
-        raise WasiError(Errno.BADF)
-
-    def pread(self, bufs: Sequence[memoryview], offset: int) -> int:
-        raise WasiError(Errno.BADF)
-
-    def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
-        raise WasiError(Errno.BADF)
-
-    def seek(self, offset: int, whence: int) -> int:
-        raise WasiError(Errno.BADF)
-
-    def set_fdflags(self, flags: int) -> None:
-        raise WasiError(Errno.BADF)
-
-    def entries(self) -> list[tuple[bytes, int, int]]:
-        """(name, d_ino, filetype) for '.', '..' and every entry, in a stable order."""
-        try:
-            me = os.fstat(self.host_fd)
-            out = [(b".", me.st_ino, int(Filetype.DIRECTORY))]
-            # A pre-open's parent is outside the sandbox: do not reveal its inode.
-            parent = (
-                me.st_ino
-                if self.guest_path is not None
-                else os.stat("..", dir_fd=self.host_fd).st_ino
-            )
-            out.append((b"..", parent, int(Filetype.DIRECTORY)))
-            with os.scandir(self.host_fd) as it:
-                for ent in it:
-                    out.append((os.fsencode(ent.name), ent.inode(), _dirent_type(ent)))
-        except OSError as e:
-            raise from_oserror(e) from None
-        return out
-
-
-def _dirent_type(ent: os.DirEntry[str]) -> int:
-    try:
-        if ent.is_symlink():
-            return Filetype.SYMBOLIC_LINK
-        if ent.is_dir(follow_symlinks=False):
-            return Filetype.DIRECTORY
-        if ent.is_file(follow_symlinks=False):
-            return Filetype.REGULAR_FILE
-        return filetype_of(ent.stat(follow_symlinks=False).st_mode)
-    except OSError:
-        return Filetype.UNKNOWN
+    def __len__(self) -> int:
+        return len(self._open)
 
 
 def default_fd_limit() -> int:
@@ -489,6 +435,7 @@ class FdTable:
         self._fds: dict[int, Handle] = {}
         self.lookup = self._fds.get  # the hot path: a bound dict.get, no Python frame
         self.limit = default_fd_limit() if limit is None else limit
+        self.streams = DirStreams()
 
     def add(self, handle: Handle) -> int:
         fd = 0
@@ -531,6 +478,7 @@ class FdTable:
         h = self._fds.pop(fd, None)
         if h is None:
             raise WasiError(Errno.BADF)
+        self.streams.forget(h)
         try:
             h.close()
         except OSError as e:

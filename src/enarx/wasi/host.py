@@ -1,8 +1,8 @@
 """Binds every ``wasi_snapshot_preview1`` import into a wasmtime ``Linker``.
 
 Why hand-written rather than wasmtime-py's built-in WASI: that one has no preview1
-sockets and cannot express Enarx's fd model (``Enarx.toml`` ``files[i]`` is WASI fd ``i``;
-TCP listeners, streams and TLS inside the Keep come later), so the whole preview1 surface
+sockets and cannot express Enarx's fd model (``Enarx.toml`` ``files[i]`` is WASI fd ``i``,
+TCP listeners, streams and TLS included), so the whole preview1 surface
 lives here, with the filesystem confined by :mod:`enarx.wasi.resolve`.
 
 Speed: each import is defined through the raw ``wasmtime_linker_define_func_unchecked``
@@ -10,6 +10,14 @@ path (about half the cost of ``Linker.define_func``): one ctypes callback per im
 the raw value array, and guest memory is one memoryview per call, re-taken from
 ``wasmtime_memory_data``/``_data_size`` every call because ``memory.grow`` can move it.
 The ctypes callback objects are kept on the host so they outlive the linker.
+
+Native fast path: when :mod:`enarx.wasi.native` has its library, ``fd_read``/``fd_write``
+are served in C for stdio and regular files, with these Python callbacks as its fallback.
+The C side keeps a map guest fd -> host fd. Imports that can drop an fd or change a
+handle's rights/flags (``_SYNC_AFTER``) refresh the fds they name before returning to the
+guest, so no entry outlives its handle. A new fd takes a number whose entry is empty:
+``path_open`` hands it over at once; any other (``sock_accept``) stays in Python, and a
+Python-served ``fd_read``/``fd_write`` refreshes its fd's entry too.
 
 Exit and deadlines: ``proc_exit`` and a blocking call that runs into ``deadline`` return a
 trap; afterwards ``exit_code`` / ``timed_out`` tell the runtime which it was.
@@ -20,22 +28,26 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import select
 import struct
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from enarx.wasi import abi
-from enarx.wasi.abi import U32, U64, Errno, WasiError
+from enarx.wasi import abi, native
+from enarx.wasi.abi import U32, U64, Errno, Filetype, WasiError
 from enarx.wasi.fdcalls import FdCalls
-from enarx.wasi.fdtable import FdTable
-from enarx.wasi.guestmem import fill_random, iovecs, write_bytes
+from enarx.wasi.fdtable import FdTable, FileHandle, StdioHandle
+from enarx.wasi.fuel import FuelExhausted
+from enarx.wasi.guestmem import fill_random, write_bytes
 from enarx.wasi.pathcalls import PathCalls
 from enarx.wasi.poll import PollCalls
+
+__all__ = ["MODULE", "SIGNATURES", "DeadlineReached", "WasiHost"]
 
 MODULE = "wasi_snapshot_preview1"
 
@@ -115,6 +127,16 @@ SIGNATURES: dict[str, tuple[str, bool]] = {
 }
 
 
+# Imports that can remove or renumber an fd or change its rights or flags -> positions of
+# their fd arguments (in the impl's arguments): the native map entries of those fds are
+# refreshed after each call, so a stale entry never reaches a closed host fd. fd_read and
+# fd_write run in Python only for fds the C side does not know: that fills the entry in.
+_SYNC_AFTER: dict[str, tuple[int, ...]] = {
+    "fd_close": (0,), "fd_renumber": (0, 1), "fd_fdstat_set_flags": (0,),
+    "fd_fdstat_set_rights": (0,), "fd_read": (1,), "fd_write": (1,),
+}  # fmt: skip
+
+
 class _ProcExit(BaseException):
     """Unwinds out of a host call when the guest calls proc_exit."""
 
@@ -188,7 +210,9 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
             if attach is not None:
                 attach(self.check_deadline)
         self.exit_code: int | None = None
-        self.timed_out = False
+        self._timed_out = False
+        self._fastio: native.FastIO | None = None
+        self._pollers: dict[tuple[int, int], select.poll] = {}
         self.host_error: BaseException | None = None  # an unexpected exception, for debugging
         self._callbacks: list[Any] = []  # keep ctypes callbacks alive
         self._functypes: list[wasmtime.FuncType] = []
@@ -208,24 +232,109 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         if self._linked:
             raise RuntimeError("WasiHost.link() called twice: use one WasiHost per run")
         self._linked = True
+        # With fuel, every read/write is charged in Python (the C side also checks the store).
+        lib = native.library() if native.enabled() and not self.fuel_metered else None
+        raws: dict[str, Any] = {}
+        for name, (sig, returns) in SIGNATURES.items():
+            impl = getattr(self, "_" + name)
+            if lib is not None and name == "path_open":
+                impl = self._publishing(impl)
+            elif lib is not None and name in _SYNC_AFTER:
+                impl = self._syncing(impl, _SYNC_AFTER[name])
+            make = _factories()[(sig, returns)]
+            raws[name] = _RAW_CB(make(impl, self._view, self._fail_for(name)))
+        if lib is not None:
+            addr = ctypes.cast(raws["fd_read"], ctypes.c_void_p).value or 0
+            self._fastio = native.FastIO(
+                lib, addr, ctypes.cast(raws["fd_write"], ctypes.c_void_p).value or 0
+            )
+            for fd, _h in self.fds.items():
+                self._native_sync(fd)
+            self._fastio.set_deadline(self.deadline)  # run() sets it before link()
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         for name, (sig, returns) in SIGNATURES.items():
             kinds = sig[1:] if sig.startswith("m") else sig
             ft = wasmtime.FuncType(
                 [i32 if k == "i" else i64 for k in kinds], [i32] if returns else []
             )
-            make = _factories()[(sig, returns)]
-            raw = _RAW_CB(make(getattr(self, "_" + name), self._view, self._fail_for(name)))
-            cb = ctypes.cast(raw, ffi.wasmtime_func_unchecked_callback_t)
+            raw = raws[name]
+            env: ctypes.c_void_p | None = None
+            if self._fastio is not None and name in ("fd_read", "fd_write"):
+                fn = self._fastio.fd_read if name == "fd_read" else self._fastio.fd_write
+                cb = ctypes.cast(fn, ffi.wasmtime_func_unchecked_callback_t)
+                env = self._fastio.state  # the C side's state; it calls `raw` to fall back
+            else:
+                cb = ctypes.cast(raw, ffi.wasmtime_func_unchecked_callback_t)
             self._callbacks += [raw, cb]
             self._functypes.append(ft)
             mod, nm = MODULE.encode(), name.encode()
             err = ffi.wasmtime_linker_define_func_unchecked(
-                linker.ptr(), mod, len(mod), nm, len(nm), ft.ptr(), cb, None,
-                ctypes.cast(None, ctypes.CFUNCTYPE(None, ctypes.c_void_p)),
+                linker.ptr(), mod, len(mod), nm, len(nm), ft.ptr(), cb, env,
+                ctypes.CFUNCTYPE(None, ctypes.c_void_p)(),  # NULL: no finalizer
             )  # fmt: skip
             if err:
                 raise wasmtime.WasmtimeError._from_ptr(err)
+
+    # --- native fast path ---------------------------------------------------------------
+    @property
+    def timed_out(self) -> bool:
+        """A blocking host call (Python or native) ran into the deadline."""
+        return self._timed_out or (self._fastio is not None and self._fastio.stats()[2])
+
+    @timed_out.setter
+    def timed_out(self, value: bool) -> None:
+        self._timed_out = value
+
+    def native_stats(self) -> tuple[int, int] | None:
+        """(fd_read/fd_write calls served in C, calls handed to Python); None: no native path."""
+        if self._fastio is None:
+            return None
+        served, fallback, _ = self._fastio.stats()
+        return served, fallback
+
+    def _syncing(self, impl: Callable[..., int], at: tuple[int, ...]) -> Callable[..., int]:
+        def call(*args: Any) -> int:
+            try:
+                return impl(*args)
+            finally:
+                for i in at:
+                    self._native_sync(args[i])
+
+        return call
+
+    def _publishing(self, impl: Callable[..., int]) -> Callable[..., int]:
+        """path_open, then hand the new fd to the C side at once (its first read or write
+        is then native too). The fd is the one path_open just wrote to guest memory."""
+
+        def call(mv: memoryview, *args: int) -> int:
+            res = impl(mv, *args)
+            if res == 0:
+                self._native_sync(U32.unpack_from(mv, args[-1])[0])
+            return res
+
+        return call
+
+    def _native_sync(self, fd: int) -> None:
+        """Tell the C side whether it may serve ``fd``: an exact StdioHandle (blocking) or
+        FileHandle on a regular file, with the rights it has; all others stay in Python."""
+        assert self._fastio is not None
+        h = self.fds.lookup(fd)
+        if h is None:
+            self._fastio.set(fd, None)
+            return
+        entry: tuple[int, int] | None = None
+        t = type(h)
+        if (
+            (t is StdioHandle and not h.fdflags)
+            or (t is FileHandle and h.filetype == Filetype.REGULAR_FILE)
+        ):
+            flags = native.F_STDIO if t is StdioHandle else 0
+            if h.rights_base & abi.RIGHT_FD_READ:
+                flags |= native.F_READ
+            if h.rights_base & abi.RIGHT_FD_WRITE:
+                flags |= native.F_WRITE
+            entry = (h.host_fd, flags)  # type: ignore[attr-defined]
+        self._fastio.set(fd, entry)
 
     def _fail_for(self, name: str) -> Callable[[BaseException], int]:
         def fail(exc: BaseException) -> int:
@@ -234,6 +343,9 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
             elif isinstance(exc, DeadlineReached):
                 self.timed_out = True
                 msg = "enarx: deadline reached in a blocking host call"
+            elif isinstance(exc, FuelExhausted):
+                self.out_of_fuel = True
+                msg = "enarx: out of fuel in a host call"
             else:
                 self.host_error = exc
                 msg = f"enarx: host error in {name}: {type(exc).__name__}"
@@ -267,7 +379,7 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         ext = ffi.wasmtime_extern_t()
         if (
             not _export_get(caller, b"memory", 6, ctypes.addressof(ext))
-            or ext.kind != ffi.WASMTIME_EXTERN_MEMORY.value
+            or cast(int, ext.kind) != ffi.WASMTIME_EXTERN_MEMORY.value  # an int at run time
         ):
             raise WasiError(Errno.FAULT)  # no exported memory: nothing to point into
         self._mem = ext
@@ -327,6 +439,7 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         return 0
 
     def _random_get(self, mv: memoryview, buf: int, length: int) -> int:
+        self._charge(length)
         fill_random(mv, buf, length)
         return 0
 
@@ -354,7 +467,8 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         self, mv: memoryview, fd: int, ri: int, ri_len: int, flags: int, out_n: int, out_fl: int
     ) -> int:
         h = self.fds.get(fd)
-        n, roflags = h.sock_recv(iovecs(mv, ri, ri_len), flags)
+        n, roflags = h.sock_recv(self._io_bufs(mv, ri, ri_len), flags)
+        self._charge(n)
         U32.pack_into(mv, out_n, n)
         abi.U16.pack_into(mv, out_fl, roflags)
         return 0
@@ -363,7 +477,9 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
         self, mv: memoryview, fd: int, si: int, si_len: int, flags: int, out_n: int
     ) -> int:
         h = self.fds.get(fd)
-        U32.pack_into(mv, out_n, h.sock_send(iovecs(mv, si, si_len), flags))
+        sent = h.sock_send(self._io_bufs(mv, si, si_len), flags)
+        self._charge(sent)
+        U32.pack_into(mv, out_n, sent)
         return 0
 
     def _sock_shutdown(self, fd: int, how: int) -> int:

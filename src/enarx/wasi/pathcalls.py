@@ -11,6 +11,7 @@ rights, so the answer does not depend on which rights the guest happened to requ
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as st
 from collections.abc import Callable
@@ -18,13 +19,22 @@ from typing import TYPE_CHECKING
 
 from enarx.wasi import abi
 from enarx.wasi.abi import FILESTAT, U32, Errno, WasiError, from_oserror
+from enarx.wasi.dirhandle import DirHandle
 from enarx.wasi.fdcalls import check_fstflags
-from enarx.wasi.fdtable import DirHandle, FileHandle, Handle, filestat_of, set_times_fd
+from enarx.wasi.fdtable import (
+    FILE_METADATA_RIGHTS,
+    FileHandle,
+    Handle,
+    filestat_of,
+    set_times_fd,
+)
 from enarx.wasi.guestmem import read_bytes, write_bytes
-from enarx.wasi.resolve import Resolved, check_path, resolve
+from enarx.wasi.resolve import Resolved, check_path, resolve, stays_inside
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable
+
+__all__ = ["MAX_PATH", "PathCalls"]
 
 MAX_PATH = 4096
 _WRITE_RIGHTS = (
@@ -53,10 +63,33 @@ def _lstat(r: Resolved) -> os.stat_result:
         raise from_oserror(e) from None
 
 
+def _open_resolved(r: Resolved, flags: int, creat: int) -> int:
+    if r.must_dir:
+        if creat:
+            raise WasiError(Errno.ISDIR)
+        flags |= os.O_DIRECTORY
+    try:
+        return os.open(r.name, flags, 0o666, dir_fd=r.dirfd)
+    except OSError as e:
+        raise from_oserror(e) from None
+
+
 def _require_dir_if_slash(r: Resolved) -> None:
     """A trailing slash names a directory: anything else is ENOTDIR."""
     if r.must_dir and not st.S_ISDIR(_lstat(r).st_mode):
         raise WasiError(Errno.NOTDIR)
+
+
+def _keep_link_inside(src: Resolved, dst: Resolved) -> None:
+    """A symlink renamed or hard-linked to another place must still name something inside
+    the pre-open from there (path_symlink's rule, which a move to a shallower directory
+    would otherwise get around)."""
+    try:
+        target = os.readlink(src.name, dir_fd=src.dirfd)
+    except OSError:
+        return  # not a symlink, or absent: the operation itself answers
+    if target.startswith(b"/") or not stays_inside(dst.depth, target):
+        raise WasiError(Errno.PERM)
 
 
 class PathCalls:
@@ -119,15 +152,16 @@ class PathCalls:
         flags |= os.O_DSYNC if fdflags & abi.FDFLAG_DSYNC else 0
         flags |= os.O_SYNC if fdflags & (abi.FDFLAG_SYNC | abi.FDFLAG_RSYNC) else 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
-        with resolve(d.host_fd, p, follow=follow) as r:
-            if r.must_dir:
-                if creat:
-                    raise WasiError(Errno.ISDIR)
-                flags |= os.O_DIRECTORY
-            try:
-                host_fd = os.open(r.name, flags, 0o666, dir_fd=r.dirfd)
-            except OSError as e:
-                raise from_oserror(e) from None
+        host_fd = -1
+        if follow and not p.endswith(b"/"):
+            # Fast path: open the last component with O_NOFOLLOW and no readlink probe.
+            # Success means it was no symlink, exactly what the full walk would open; any
+            # failure (ELOOP on a symlink, ...) has no effect and the full walk decides.
+            with resolve(d.host_fd, p, follow=False) as r, contextlib.suppress(WasiError):
+                host_fd = _open_resolved(r, flags, creat)
+        if host_fd < 0:
+            with resolve(d.host_fd, p, follow=follow) as r:
+                host_fd = _open_resolved(r, flags, creat)
         try:
             mode = os.fstat(host_fd).st_mode
             if not fdflags & abi.FDFLAG_NONBLOCK:
@@ -137,7 +171,7 @@ class PathCalls:
             raise from_oserror(e) from None
         h: Handle
         if st.S_ISDIR(mode):
-            h = DirHandle(host_fd, readonly=d.readonly, guest_path=None)
+            h = DirHandle(host_fd, readonly=d.readonly, guest_path=None, root=d.root)
             h.rights_base &= d.rights_inheriting
             h.rights_inheriting &= d.rights_inheriting
         else:
@@ -145,7 +179,7 @@ class PathCalls:
             h.fdflags = fdflags
             h.rights_base &= d.rights_inheriting
             if base:
-                h.rights_base &= base | abi.RIGHT_FD_FDSTAT_SET_FLAGS
+                h.rights_base &= base | abi.RIGHT_FD_FDSTAT_SET_FLAGS | FILE_METADATA_RIGHTS
         self.fds.add_guest(h, lambda new_fd: U32.pack_into(mv, out, new_fd))
         return 0
 
@@ -165,10 +199,21 @@ class PathCalls:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_GET)
         p = self._path(mv, path, length)
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
-        with resolve(d.host_fd, p, follow=follow) as r:
-            s = _lstat(r)
-            if r.must_dir and not st.S_ISDIR(s.st_mode):
-                raise WasiError(Errno.NOTDIR)
+        s = None
+        if follow and not p.endswith(b"/"):
+            # Fast path: lstat the last component without a readlink probe; only a symlink
+            # (or an error) needs the full walk that follows it.
+            with resolve(d.host_fd, p, follow=False) as r, contextlib.suppress(WasiError):
+                s = _lstat(r)
+            if s is not None and (
+                st.S_ISLNK(s.st_mode) or (r.must_dir and not st.S_ISDIR(s.st_mode))
+            ):
+                s = None
+        if s is None:
+            with resolve(d.host_fd, p, follow=follow) as r:
+                s = _lstat(r)
+                if r.must_dir and not st.S_ISDIR(s.st_mode):
+                    raise WasiError(Errno.NOTDIR)
         FILESTAT.pack_into(mv, out, *filestat_of(s))
         return 0
 
@@ -225,6 +270,7 @@ class PathCalls:
                 s = _lstat(ro)
                 raise WasiError(Errno.PERM if st.S_ISDIR(s.st_mode) else Errno.NOTDIR)
             with resolve(nd.host_fd, np_, follow=False) as rn:
+                _keep_link_inside(ro, rn)
                 try:
                     os.link(
                         ro.name,
@@ -299,6 +345,7 @@ class PathCalls:
             # "file" -> "new/": the source must then be a directory
             if rn.must_dir and not ro.must_dir and not st.S_ISDIR(_lstat(ro).st_mode):
                 raise WasiError(Errno.NOTDIR)
+            _keep_link_inside(ro, rn)
             try:
                 os.rename(ro.name_slash, rn.name_slash, src_dir_fd=ro.dirfd, dst_dir_fd=rn.dirfd)
             except OSError as e:
@@ -316,6 +363,9 @@ class PathCalls:
             # Never plant a link to a host absolute path (host tools would follow it).
             raise WasiError(Errno.PERM)
         with resolve(d.host_fd, p, follow=False) as r:
+            # Nor a relative one that climbs out of the pre-open from where it is created.
+            if not stays_inside(r.depth, target):
+                raise WasiError(Errno.PERM)
             try:
                 os.symlink(target, r.name_slash, dir_fd=r.dirfd)
             except OSError as e:

@@ -1,7 +1,7 @@
 """``poll_oneoff``: clock subscriptions (relative and absolute) and fd readiness.
 
 A mixin of :class:`enarx.wasi.host.WasiHost`. Handles without a host fd (files, null) are
-always ready, as on Linux; handles with one (stdio, later sockets) are waited on with
+always ready, as on Linux; handles with one (stdio, sockets) are waited on with
 ``poll(2)``. A wait never runs past the run's deadline: reaching it stops the guest.
 """
 
@@ -26,6 +26,8 @@ from enarx.wasi.guestmem import view
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import FdTable, Handle
+
+__all__ = ["MAX_SUBSCRIPTIONS", "Event", "PollCalls"]
 
 # Each subscription costs the host a few Python objects; without a cap a guest could make
 # it allocate several times its own memory in one call. Linux poll(2) likewise refuses more

@@ -24,6 +24,8 @@ import os
 
 from enarx.wasi.abi import Errno, WasiError, from_oserror
 
+__all__ = ["MAX_SYMLINK_EXPANSIONS", "Resolved", "check_path", "resolve", "stays_inside"]
+
 MAX_SYMLINK_EXPANSIONS = 40
 _WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -45,6 +47,11 @@ class Resolved:
     @property
     def dirfd(self) -> int:
         return self._fds[-1]
+
+    @property
+    def depth(self) -> int:
+        """How many directories below the pre-open root ``dirfd`` is (the walk's stack)."""
+        return len(self._fds) - 1
 
     @property
     def name_slash(self) -> bytes:
@@ -72,6 +79,21 @@ def check_path(path: bytes) -> None:
         path.decode("utf-8")
     except UnicodeDecodeError:
         raise WasiError(Errno.ILSEQ) from None
+
+
+def stays_inside(depth: int, target: bytes) -> bool:
+    """Whether the relative symlink ``target``, placed ``depth`` directories below the
+    pre-open root, names something inside it when read lexically (as host tools read it:
+    ``..`` of a directory is its parent). Symlinks inside the target were checked the same
+    way when they were created."""
+    for comp in target.split(b"/"):
+        if comp == b"..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif comp and comp != b".":
+            depth += 1
+    return True
 
 
 def resolve(root_fd: int, path: bytes, *, follow: bool) -> Resolved:

@@ -24,11 +24,14 @@ import ssl
 import termios
 import time
 from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.fdtable import Handle
 from enarx.wasi.guestmem import advance
+
+__all__ = ["DeadlineCheck", "TcpListener", "TcpStream", "TlsStream"]
 
 #: Returns seconds left before the run's deadline (None: none); raises once it is past.
 DeadlineCheck = Callable[[], float | None]
@@ -37,6 +40,8 @@ _TLS_RECORD = 16384  # the largest TLS plaintext record
 _TLS_CHUNK = 65536  # plaintext encrypted per step of a blocking write
 _TLS_BUF = 262144  # ciphertext taken from the socket per recv
 _SLICE = 1.0  # seconds per blocking wait slice when a deadline is set
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class _SocketBase(Handle):
@@ -84,6 +89,20 @@ class _SocketBase(Handle):
             if poller.poll(timeout):
                 return
 
+    def _read_call(self, op: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run a receiving call (recv, accept) on the non-blocking host socket as the
+        guest's fd mode asks: wait while it would block (or raise AGAIN), and map host
+        errors to WASI errnos."""
+        while True:
+            try:
+                return op(*args, **kwargs)
+            except BlockingIOError:
+                self.wait(write=False)
+            except InterruptedError:
+                continue
+            except OSError as e:
+                raise from_oserror(e) from None
+
     def close(self) -> None:
         self.sock.close()
 
@@ -98,17 +117,13 @@ class TcpListener(_SocketBase):
     def sock_accept(self, flags: int) -> Handle:
         while True:
             try:
-                conn, _addr = self.sock.accept()
+                conn, _addr = self._read_call(self.sock.accept)
                 break
-            except BlockingIOError:
-                self.wait(write=False)
-            except InterruptedError:
-                continue
-            except OSError as e:
+            except WasiError as e:
                 # A connection reset before we took it is not the listener's failure.
-                if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                if e.errno in (Errno.CONNABORTED, Errno.PROTO):
                     continue
-                raise from_oserror(e) from None
+                raise
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         nb = flags & abi.FDFLAG_NONBLOCK
         stream: _SocketBase = (
@@ -149,17 +164,9 @@ class TcpStream(_SocketBase):
         self._fd = sock.fileno()
 
     def read(self, bufs: Sequence[memoryview]) -> int:
-        while True:
-            try:
-                if len(bufs) == 1:
-                    return self.sock.recv_into(bufs[0])
-                return os.readv(self._fd, bufs)
-            except BlockingIOError:
-                self.wait(write=False)
-            except InterruptedError:
-                continue
-            except OSError as e:
-                raise from_oserror(e) from None
+        if len(bufs) == 1:
+            return self._read_call(self.sock.recv_into, bufs[0])
+        return self._read_call(os.readv, self._fd, bufs)
 
     def write(self, bufs: Sequence[memoryview]) -> int:
         total = 0
@@ -192,13 +199,7 @@ class TcpStream(_SocketBase):
         if riflags & abi.RIFLAG_RECV_PEEK:
             if not bufs:
                 return 0, 0
-            while True:
-                try:
-                    return self.sock.recv_into(bufs[0], len(bufs[0]), socket.MSG_PEEK), 0
-                except BlockingIOError:
-                    self.wait(write=False)
-                except OSError as e:
-                    raise from_oserror(e) from None
+            return self._read_call(self.sock.recv_into, bufs[0], 0, socket.MSG_PEEK), 0
         if riflags & abi.RIFLAG_RECV_WAITALL:
             return _read_all(self.read, bufs), 0
         return self.read(bufs), 0
@@ -366,11 +367,11 @@ class TlsStream(_SocketBase):
         if buf is None or not len(buf):
             return 0
         obj = self.obj
-        n = self._call(lambda: obj.read(len(buf), buf))
+        n = self._call(lambda: _read_into(obj, buf))
         # Take what is already here too, so one guest read can span several records.
         while 0 < n < len(buf):
             try:
-                n += obj.read(len(buf) - n, buf[n:])
+                n += _read_into(obj, buf[n:])
             except ssl.SSLWantReadError:
                 if not self._fill():
                     break
@@ -396,7 +397,7 @@ class TlsStream(_SocketBase):
             want = sum(len(b) for b in bufs)
             if not self._peeked and not self._rd_shut and want:
                 tmp = bytearray(min(want, _TLS_RECORD))
-                n = self._call(lambda: self.obj.read(len(tmp), tmp))
+                n = self._call(lambda: _read_into(self.obj, tmp))
                 self._peeked = bytes(tmp[:n])
             data, n = self._peeked, 0
             for b in bufs:
@@ -479,7 +480,7 @@ class TlsStream(_SocketBase):
         buf = bytearray(_TLS_RECORD)
         while True:
             try:
-                n = self.obj.read(len(buf), buf)
+                n = _read_into(self.obj, buf)
             except ssl.SSLError:
                 break
             if n == 0:
@@ -506,6 +507,13 @@ class TlsStream(_SocketBase):
                     self.obj.unwrap()
                 self._flush(block=False)
         self.sock.close()
+
+
+def _read_into(obj: ssl.SSLObject, buf: memoryview | bytearray) -> int:
+    """``SSLObject.read`` into ``buf``: with a buffer it returns a count, not bytes."""
+    n: object = obj.read(len(buf), buf)
+    assert isinstance(n, int)
+    return n
 
 
 def _left(end: float) -> float:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from enarx.errors import MalformedEvidence
 
+__all__ = ["FILES", "OPTIONAL", "Collateral", "signed_json_value"]
+
 #: File names used by ``--collateral DIR`` (and by the test vectors).
 FILES = {
     "tcb_info": "tcb_info.json",
@@ -54,6 +56,8 @@ def signed_json_value(doc: bytes, key: str, field: str) -> tuple[bytes, bytes]:
         parsed = json.loads(text)
     except (UnicodeDecodeError, ValueError) as e:
         raise _bad(field, f"not valid JSON: {e}") from None
+    except RecursionError:  # json recurses per nesting level: a hostile document is deep
+        raise _bad(field, "JSON is nested too deeply") from None
     if not isinstance(parsed, dict) or key not in parsed or "signature" not in parsed:
         raise _bad(field, f'expected an object with "{key}" and "signature"',
                    actual=sorted(parsed) if isinstance(parsed, dict) else type(parsed).__name__)

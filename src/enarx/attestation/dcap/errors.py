@@ -20,6 +20,8 @@ from enarx.errors import (
     TcbMismatch,
 )
 
+__all__ = ["map_error"]
+
 _Err = Callable[..., AttestationError]
 
 _UPDATE_HINT = ("fetch fresh collateral (`enarx platform sgx cache QUOTE --out DIR`), or check "

@@ -7,8 +7,9 @@ as the dcap-qvl path, so a caller cannot tell the two apart except by the collat
 
 1. both CRLs: signature by their issuer, thisUpdate <= at <= nextUpdate; the trust root and
    every certificate below it are looked up (a certificate without a CRL from its issuer fails);
-2. TCB Info: window, TCB Signing chain to the trust root, ECDSA P-256 signature over the exact
-   bytes of the ``tcbInfo`` value;
+2. TCB Info: window, TCB Signing chain to the trust root, the signer is Intel's TCB Signing
+   certificate issued by the root (``pki.check_tcb_signer``), ECDSA P-256 signature over the
+   exact bytes of the ``tcbInfo`` value;
 3. QE Identity (v2, id "QE"): the same;
 4. PCK chain from the quote (certification data type 5) to the trust root;
 5. QE report signature by the PCK key; QE REPORT_DATA[0:32] == SHA-256(attestation key ‖ QE
@@ -24,7 +25,9 @@ as the dcap-qvl path, so a caller cannot tell the two apart except by the collat
 
 Beyond dcap-qvl we also require the PCE ID to match (Intel's QVL does). The PCK certificate's
 SGX extensions are read with dcap-qvl's own parser (the one ``verify.py`` uses), so both paths
-report the same ``Tcb.reported`` and attributes. Pure: no I/O.
+report the same ``Tcb.reported`` and attributes. Chains and CRLs are checked by ``chain.py``,
+the signer identity and the reported chain by ``pki.py`` (shared with ``verify.py``). Pure:
+no I/O.
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from enarx.attestation.dcap.collateral import Collateral, _der, signed_json_value
+from enarx.attestation.dcap.chain import load_crls, p256_verify, verify_chain, window
+from enarx.attestation.dcap.collateral import Collateral, signed_json_value
+from enarx.attestation.dcap.evidence import build_evidence
+from enarx.attestation.dcap.pki import (
+    check_tcb_signer,
+    pck_chain,
+    pem_certs,
+    verified_pck_path,
+)
 from enarx.attestation.dcap.quote import (
     HEADER_LEN,
     INTEL_QE_VENDOR_ID,
@@ -53,15 +61,19 @@ from enarx.attestation.dcap.quote import (
     SgxReport,
     parse_sgx_report,
 )
-from enarx.attestation.dcap.verify import _pck, _pem_certs, build_evidence
 from enarx.attestation.result import VerifiedEvidence
 from enarx.errors import (
     AttestationError,
-    ChainInvalid,
     MalformedEvidence,
     SignatureInvalid,
     TcbMismatch,
 )
+
+__all__ = [
+    "COMPONENTS", "SEVERITY", "QeIdentity", "QeTcbLevel", "TcbInfoV2", "TcbLevel",
+    "check_qe_identity", "match_qe_level", "match_tcb_level", "merge_status",
+    "parse_qe_identity", "parse_tcb_info_v2", "verify_chain", "verify_sgx_tcb_info_v2",
+]
 
 #: dcap-qvl's TCB statuses and their severity (worse = higher); merging keeps the worse.
 SEVERITY = {
@@ -76,8 +88,6 @@ SEVERITY = {
 COMPONENTS = 16
 # v3 signature data: quote signature (64) ‖ attestation key (64) ‖ QE report (384) ‖ ...
 _QE_REPORT_AT = HEADER_LEN + SGX_REPORT_LEN + 4 + 128
-_UPDATE_HINT = ("fetch fresh collateral (`enarx platform sgx cache QUOTE --out DIR`), or check "
-                "old evidence as of a past time with --at")
 
 
 # --- parsed collateral -----------------------------------------------------------------------
@@ -168,8 +178,8 @@ class _Fields:
     def date(self, key: str) -> dt.datetime:
         v = self.text(key)
         try:
-            d = dt.datetime.fromisoformat(v)
-            d = d.astimezone(dt.UTC) if d.tzinfo is not None else None
+            parsed = dt.datetime.fromisoformat(v)
+            d = parsed.astimezone(dt.UTC) if parsed.tzinfo is not None else None
         except (ValueError, OverflowError):  # overflow: year 1 or 9999 shifted across UTC
             d = None
         if d is None:
@@ -203,6 +213,8 @@ def _load_json(body: bytes, check: str) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as e:  # unreachable from Collateral; direct callers
         raise MalformedEvidence(check, f"not valid JSON: {e}") from None
+    except RecursionError:
+        raise MalformedEvidence(check, "JSON is nested too deeply") from None
 
 
 def parse_tcb_info_v2(body: bytes) -> TcbInfoV2:
@@ -316,153 +328,21 @@ def merge_status(
     return status, tuple(advisories)
 
 
-# --- signatures, chains, CRLs ----------------------------------------------------------------
-
-
-def _iso(t: dt.datetime) -> str:
-    return t.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def _window(start: dt.datetime, end: dt.datetime, at: dt.datetime, what: str,
-            check: str = "dcap.collateral") -> None:
-    if at < start:
-        raise ChainInvalid(f"{check}.not_yet_valid", f"{what} is not valid yet",
-                           expected=f"after {_iso(start)}", actual=_iso(at))
-    if at > end:
-        raise ChainInvalid(f"{check}.expired", f"{what} has expired",
-                           expected=f"before {_iso(end)}", actual=_iso(at),
-                           hint=_UPDATE_HINT if check == "dcap.collateral" else
-                           "a certificate in the chain has expired; fetch the issuer chain again")
-
-
-def _p256_verify(key: Any, data: bytes, sig: bytes, check: str, what: str) -> None:
-    """ECDSA P-256 / SHA-256 with Intel's raw r‖s (64 bytes) signature encoding."""
-    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise SignatureInvalid(check, f"{what} signing key is not ECDSA P-256",
-                               actual=type(key).__name__)
-    if len(sig) != 64:
-        raise SignatureInvalid(check, f"{what} signature must be 64 bytes (r‖s)",
-                               expected=64, actual=len(sig))
-    der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
-    try:
-        key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise SignatureInvalid(check, f"{what} signature does not verify") from None
-
-
-def _load_crls(collateral: Collateral) -> list[x509.CertificateRevocationList]:
-    crls = []
-    for field in ("pck_crl", "root_ca_crl"):
-        try:
-            crls.append(x509.load_der_x509_crl(_der(getattr(collateral, field), field)))
-        except (ValueError, x509.InvalidVersion) as e:
-            raise MalformedEvidence("dcap.crl.format", f"{field} does not parse: {e}") from None
-    return crls
-
-
-def _check_revocation(cert: x509.Certificate, issuer: x509.Certificate,
-                      crls: Sequence[x509.CertificateRevocationList], at: dt.datetime) -> None:
-    """Like dcap-qvl (webpki: whole chain, unknown status denied, CRL expiry enforced)."""
-    name = cert.subject.rfc4514_string()
-    mine = [c for c in crls if c.issuer == issuer.subject]
-    if not mine:
-        raise ChainInvalid("dcap.crl.missing", f"no CRL from the issuer of {name}",
-                           expected=issuer.subject.rfc4514_string(),
-                           actual=[c.issuer.rfc4514_string() for c in crls], hint=_UPDATE_HINT)
-    for crl in mine:
-        try:
-            ok = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-        except (TypeError, UnsupportedAlgorithm):
-            ok = False
-        if not ok:
-            raise ChainInvalid("dcap.crl.signature",
-                               f"CRL of {issuer.subject.rfc4514_string()} is not signed by it")
-        try:
-            usage = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
-            if not usage.crl_sign:
-                raise ChainInvalid("dcap.crl.signature", "CRL issuer may not sign CRLs")
-        except x509.ExtensionNotFound:
-            pass
-        if crl.next_update_utc is None:
-            raise MalformedEvidence("dcap.crl.format", "CRL has no nextUpdate")
-        _window(crl.last_update_utc, crl.next_update_utc, at,
-                f"CRL of {issuer.subject.rfc4514_string()}")
-        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-            raise ChainInvalid("dcap.pck.revoked", f"{name} is revoked",
-                               expected="not revoked", actual=f"serial {cert.serial_number:x}")
-
-
-def verify_chain(certs: Sequence[x509.Certificate], root: x509.Certificate,
-                 crls: Sequence[x509.CertificateRevocationList], at: dt.datetime,
-                 what: str) -> None:
-    """``certs`` (leaf first, optionally ending in the root) must chain to ``root`` at ``at``,
-    with no certificate (the root included) revoked."""
-    try:
-        _verify_chain(list(certs), root, crls, at, what)
-    # cryptography parses names, keys, extensions and CRL entries lazily.
-    except (ValueError, UnsupportedAlgorithm) as e:
-        raise MalformedEvidence("dcap.chain.format", f"{what}: {e}") from None
-
-
-def _verify_chain(path: list[x509.Certificate], root: x509.Certificate,
-                  crls: Sequence[x509.CertificateRevocationList], at: dt.datetime,
-                  what: str) -> None:
-    if not path:
-        raise MalformedEvidence("dcap.chain.format", f"{what} has no certificate")
-    root_der = root.public_bytes(Encoding.DER)
-    last = path[-1]
-    if last.issuer == last.subject:
-        der = last.public_bytes(Encoding.DER)
-        if not hmac.compare_digest(hashlib.sha256(der).digest(),
-                                   hashlib.sha256(root_der).digest()):
-            raise ChainInvalid(
-                "dcap.chain.root", f"{what} ends in a root that is not the trusted Intel SGX root",
-                expected=hashlib.sha256(root_der).hexdigest(), actual=hashlib.sha256(der).hexdigest(),
-                hint="use collateral issued by Intel (PCS or a PCCS mirroring it)",
-            )
-        path.pop()
-    path.append(root)
-    for cert in path:
-        _window(cert.not_valid_before_utc, cert.not_valid_after_utc, at,
-                cert.subject.rfc4514_string(), "dcap.chain")
-    for cert, issuer in zip(path, [*path[1:], root], strict=True):
-        _check_issued_by(cert, issuer, root, what)
-        _check_revocation(cert, issuer, crls, at)
-
-
-def _check_issued_by(cert: x509.Certificate, issuer: x509.Certificate, root: x509.Certificate,
-                     what: str) -> None:
-    name = cert.subject.rfc4514_string()
-    if cert.issuer != issuer.subject:
-        raise ChainInvalid("dcap.chain.root" if issuer is root else "dcap.chain.signature",
-                           f"{what}: {name} is not issued by the next certificate",
-                           expected=issuer.subject.rfc4514_string(),
-                           actual=cert.issuer.rfc4514_string())
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
-        raise ChainInvalid("dcap.chain.signature",
-                           f"{what}: signature of {name} does not verify") from None
-    try:
-        ca = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        ca = False
-    if not ca:
-        raise ChainInvalid("dcap.chain.ca", f"{what}: issuer of {name} is not a CA",
-                           actual=issuer.subject.rfc4514_string())
+# --- signed collateral ------------------------------------------------------------------------
 
 
 def _check_signed(body: bytes, sig: bytes, field: str, chain_pem: bytes,
                   root: x509.Certificate, crls: Sequence[x509.CertificateRevocationList],
                   at: dt.datetime) -> None:
     """Verify one signed PCS document's issuer chain and its signature over ``body``."""
-    certs = _pem_certs(chain_pem, f"dcap.{field}_issuer_chain.format")
+    certs = pem_certs(chain_pem, f"dcap.{field}_issuer_chain.format")
     verify_chain(certs, root, crls, at, f"{field} issuer chain")
+    check_tcb_signer(certs, root, field)
     try:
         signer_key = certs[0].public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
         raise MalformedEvidence("dcap.chain.format", f"{field} signer key: {e}") from None
-    _p256_verify(signer_key, body, sig, f"dcap.{field}.signature", field)
+    p256_verify(signer_key, body, sig, f"dcap.{field}.signature", field)
 
 
 # --- QE ----------------------------------------------------------------------------------------
@@ -496,28 +376,27 @@ def check_qe_identity(qe: SgxReport, ident: QeIdentity) -> QeTcbLevel:
 
 
 def verify_sgx_tcb_info_v2(
-    parsed: ParsedQuote, collateral: Collateral, *, at: dt.datetime, root_der: bytes,
+    parsed: ParsedQuote, collateral: Collateral, *, at: dt.datetime, root: x509.Certificate,
 ) -> VerifiedEvidence:
     """Verify an SGX quote v3 against TCB Info v2 collateral as of ``at`` (aware, UTC) with
-    ``root_der`` as the only trust anchor. Called by ``verify.verify_quote``."""
+    ``root`` as the only trust anchor. Called by ``verify.verify_quote``."""
     if parsed.header.version != 3 or parsed.is_tdx or parsed.sig.qe_report is None:
         raise MalformedEvidence("dcap.quote.format", "TCB Info v2 applies to SGX quotes v3 only",
                                 expected=3, actual=parsed.header.version)
     if parsed.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise MalformedEvidence("dcap.quote.qe_vendor", "Unknown QE vendor ID",
                                 expected=INTEL_QE_VENDOR_ID, actual=parsed.header.qe_vendor_id)
-    root = x509.load_der_x509_certificate(root_der)  # verify.py validated it
-    crls = _load_crls(collateral)
+    crls = load_crls(collateral)
 
     # Collateral first, as dcap-qvl does: expired or forged collateral is named before the quote.
     tcb_body, tcb_sig = signed_json_value(collateral.tcb_info, "tcbInfo", "tcb_info")
     info = parse_tcb_info_v2(tcb_body)
-    _window(info.issue_date, info.next_update, at, "TCB Info")
+    window(info.issue_date, info.next_update, at, "TCB Info")
     _check_signed(tcb_body, tcb_sig, "tcb_info", collateral.tcb_info_issuer_chain, root, crls, at)
 
     qe_body, qe_sig = signed_json_value(collateral.qe_identity, "enclaveIdentity", "qe_identity")
     ident = parse_qe_identity(qe_body)
-    _window(ident.issue_date, ident.next_update, at, "QE Identity")
+    window(ident.issue_date, ident.next_update, at, "QE Identity")
     _check_signed(qe_body, qe_sig, "qe_identity", collateral.qe_identity_issuer_chain, root,
                   crls, at)
     if ident.id != "QE" or ident.version != 2:
@@ -525,7 +404,7 @@ def verify_sgx_tcb_info_v2(
                           "Unsupported QE Identity id/version for an SGX quote",
                           expected="QE version 2", actual=f"{ident.id[:20]} version {ident.version}")
 
-    certs, ext = _pck(parsed)
+    certs, ext = pck_chain(parsed)
     if ext is None:
         raise MalformedEvidence("dcap.pck.format",
                                 "PCK certificate has no readable Intel SGX extension")
@@ -539,7 +418,7 @@ def verify_sgx_tcb_info_v2(
         pck_key = certs[0].public_key()
     except (ValueError, UnsupportedAlgorithm) as e:
         raise MalformedEvidence("dcap.pck.format", f"PCK public key: {e}") from None
-    _p256_verify(pck_key, qe_raw, parsed.sig.qe_report_signature, "dcap.qe_report.signature",
+    p256_verify(pck_key, qe_raw, parsed.sig.qe_report_signature, "dcap.qe_report.signature",
                  "QE report")
     binding = hashlib.sha256(parsed.sig.attestation_key + parsed.sig.qe_auth_data).digest()
     if not hmac.compare_digest(binding, qe.report_data[:32]):
@@ -554,7 +433,7 @@ def verify_sgx_tcb_info_v2(
     except ValueError:
         raise SignatureInvalid("dcap.quote.signature",
                                "attestation key is not a P-256 point") from None
-    _p256_verify(att_key, parsed.raw[:HEADER_LEN + SGX_REPORT_LEN], parsed.sig.signature,
+    p256_verify(att_key, parsed.raw[:HEADER_LEN + SGX_REPORT_LEN], parsed.sig.signature,
                  "dcap.quote.signature", "ISV enclave report")
 
     fmspc, pce_id = bytes(ext.fmspc), bytes(ext.pce_id)
@@ -576,4 +455,5 @@ def verify_sgx_tcb_info_v2(
         raise AttestationError("dcap.report.debug", "Debug mode is enabled",
                                hint="debug enclaves/TDs are not confidential; rebuild without "
                                "the DEBUG attribute")
-    return build_evidence(parsed, status, list(advisories), ext, list(certs), at)
+    path = verified_pck_path(certs, root)
+    return build_evidence(parsed, status, list(advisories), ext, path, at)

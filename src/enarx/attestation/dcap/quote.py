@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 
 from enarx.errors import MalformedEvidence
 
+__all__ = [
+    "ATT_KEY_ECDSA_P256", "CERT_PCK_CHAIN", "CERT_QE_REPORT", "CHECK", "HEADER_LEN",
+    "INTEL_QE_VENDOR_ID", "SGX_REPORT_LEN", "TD10_REPORT_LEN", "TD15_REPORT_LEN", "TEE_SGX",
+    "TEE_TDX", "ParsedQuote", "QuoteHeader", "SgxReport", "SignatureData", "TdReport",
+    "parse_quote", "parse_sgx_report", "parse_td_report",
+]
+
 HEADER_LEN = 48
 SGX_REPORT_LEN = 384
 TD10_REPORT_LEN = 584

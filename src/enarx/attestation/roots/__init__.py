@@ -12,6 +12,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
+__all__ = ["AMD_PRODUCTS", "amd_ark", "amd_ask", "amd_asvk", "intel_sgx_root", "is_vendor_root"]
+
 AMD_PRODUCTS: tuple[str, ...] = ("Milan", "Genoa", "Turin")
 
 
@@ -64,7 +66,7 @@ def is_vendor_root(pem_or_der: bytes) -> bool:
 
     try:
         candidate = der(pem_or_der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
         return False
     shipped = [amd_ark(p) for p in AMD_PRODUCTS] + [intel_sgx_root()]
     return any(der(s) == candidate for s in shipped)

@@ -14,6 +14,14 @@ from typing import Any
 
 from enarx.errors import MalformedEvidence
 
+__all__ = [
+    "ECDSA_COMPONENT_SIZE", "PLATFORM_INFO_BITS", "POLICY_BITS", "REPORT_SIZE",
+    "SIGNATURE_OFFSET", "SIGNED_SIZE", "SIGNING_KEY_NAMES", "SIGNING_KEY_NONE",
+    "SIGNING_KEY_VCEK", "SIGNING_KEY_VLEK", "SIG_ALGO_ECDSA_P384_SHA384", "SUPPORTED_VERSIONS",
+    "SnpReport", "TcbVersion", "build_report", "decode_bits", "parse_report",
+    "product_from_cpuid", "tcb_layout_is_turin",
+]
+
 REPORT_SIZE = 0x4A0
 SIGNED_SIZE = 0x2A0
 SIGNATURE_OFFSET = 0x2A0

@@ -45,6 +45,12 @@ SPL_OIDS: dict[str, str] = {
 # AMD signs ARK/ASK/VCEK with RSASSA-PSS, SHA-384, MGF1-SHA-384, 48-byte salt.
 PSS_SHA384 = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
+__all__ = [
+    "OID_CSPID", "OID_HWID", "OID_PRODUCT_NAME", "OID_STRUCT_VERSION", "PSS_SHA384",
+    "SPL_OIDS", "AmdCert", "crl_signed_by", "is_p384", "load_cert", "load_certs", "load_crl",
+    "pss_verifies", "to_der", "to_pem",
+]
+
 _SERIAL_WARNING = r"Parsed a serial number which wasn't positive"
 
 
@@ -162,10 +168,14 @@ def load_cert(data: bytes, role: str) -> AmdCert:
 def load_crl(data: bytes) -> x509.CertificateRevocationList:
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_crl(bytes(data))
-        return x509.load_der_x509_crl(bytes(data))
+            crl = x509.load_pem_x509_crl(bytes(data))
+        else:
+            crl = x509.load_der_x509_crl(bytes(data))
+        crl.issuer.rfc4514_string()  # names decode lazily: a malformed one fails here
     except Exception as exc:
-        raise MalformedEvidence("snp.crl", f"CRL does not parse: {exc}") from None
+        raise MalformedEvidence("snp.crl", f"CRL does not parse: {exc}",
+                                hint="pass the CRL AMD KDS serves (DER or PEM)") from None
+    return crl
 
 
 def crl_signed_by(crl: x509.CertificateRevocationList, issuer: AmdCert) -> bool:

@@ -5,7 +5,8 @@ The caller's chain only *provides* intermediates: the chain must end in an ARK s
 as DER bytes), never in a root that merely arrived with the evidence.
 
 RSA-4096 PSS verification costs far more than the report's ECDSA check, and a verifier sees
-the same VCEK again and again, so verified chains are kept in a small LRU keyed by the
+the same VCEK again and again, so a ``ChainVerifier`` keeps its verified chains in a small LRU
+(its own: there is no process-wide cache) keyed by the
 SHA-256 of every input blob. A cached chain remembers the time window in which all its
 certificates (and CRLs) are valid; a lookup at a time outside it re-verifies from scratch,
 so the cache can never turn an expired chain into a valid one.
@@ -19,7 +20,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cache
+
+from cryptography import x509
 
 from enarx.attestation import roots
 from enarx.attestation.result import CertInfo
@@ -31,7 +33,9 @@ from enarx.attestation.snp.certs import (
     load_certs,
     load_crl,
 )
-from enarx.errors import ChainInvalid
+from enarx.errors import ChainInvalid, MalformedEvidence
+
+__all__ = ["CACHE_SIZE", "ChainVerifier", "VerifiedChain", "verify_chain"]
 
 CACHE_SIZE = 128
 
@@ -61,7 +65,6 @@ class _Anchors:
     intermediates: tuple[AmdCert, ...]
 
 
-@cache
 def _shipped() -> _Anchors:
     arks: list[tuple[str, AmdCert]] = []
     inters: list[AmdCert] = []
@@ -103,16 +106,56 @@ class _Lru:
             self.hits = self.misses = 0
 
 
-_CACHE = _Lru(CACHE_SIZE)
+class ChainVerifier:
+    """Verifies VCEK/VLEK chains against its own trust anchors, with its own warm cache.
 
+    The anchors are the shipped AMD ARKs (and their ASK/ASVK) plus ``trust_roots`` given
+    here; ``verify`` may add more per call. Nothing is shared between instances: a
+    long-running verifier keeps one instance, a one-shot caller makes one and drops it.
+    """
 
-def clear_chain_cache() -> None:
-    _CACHE.clear()
+    def __init__(self, trust_roots: Sequence[bytes] = (), *,
+                 cache_size: int = CACHE_SIZE) -> None:
+        self._shipped = _shipped()
+        self.trust_roots: tuple[bytes, ...] = tuple(trust_roots)
+        self._cache = _Lru(cache_size)
 
+    def clear_cache(self) -> None:
+        self._cache.clear()
 
-def chain_cache_stats() -> tuple[int, int]:
-    """(hits, misses) since the last clear; for benchmarks and tests."""
-    return _CACHE.hits, _CACHE.misses
+    def cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) since the last clear; for benchmarks and tests."""
+        return self._cache.hits, self._cache.misses
+
+    def verify(
+        self,
+        cert: bytes,
+        chain: Sequence[bytes] = (),
+        crls: Sequence[bytes] = (),
+        *,
+        at: dt.datetime,
+        trust_roots: Sequence[bytes] = (),
+    ) -> VerifiedChain:
+        """Verify the VCEK/VLEK ``cert`` up to a trusted ARK at time ``at`` (cached)."""
+        # Materialise first: a one-shot iterable consumed by the cache key would reach
+        # _build empty, silently dropping CRLs (and intermediates, roots) from the check.
+        chain, crls = tuple(chain), tuple(crls)
+        all_roots = self.trust_roots + tuple(trust_roots)
+        key = (
+            _digest(cert),
+            b"|chain",
+            *(_digest(c) for c in chain),
+            b"|roots",
+            *(_digest(r) for r in all_roots),
+            b"|crls",
+            *(_digest(c) for c in crls),
+        )
+        hit = self._cache.get(key, at)
+        if hit is not None:
+            return hit
+        result = _build(self._shipped, cert, chain, all_roots, crls, at)
+        self._cache.put(key, result)
+        return result
 
 
 def verify_chain(
@@ -123,25 +166,8 @@ def verify_chain(
     *,
     at: dt.datetime,
 ) -> VerifiedChain:
-    """Verify the VCEK/VLEK ``cert`` up to a trusted ARK at time ``at`` (cached)."""
-    # Materialise first: a one-shot iterable consumed by the cache key would reach _build
-    # empty, silently dropping CRLs (and intermediates, roots) from the check.
-    chain, trust_roots, crls = tuple(chain), tuple(trust_roots), tuple(crls)
-    key = (
-        _digest(cert),
-        b"|chain",
-        *(_digest(c) for c in chain),
-        b"|roots",
-        *(_digest(r) for r in trust_roots),
-        b"|crls",
-        *(_digest(c) for c in crls),
-    )
-    hit = _CACHE.get(key, at)
-    if hit is not None:
-        return hit
-    result = _build(cert, chain, trust_roots, crls, at)
-    _CACHE.put(key, result)
-    return result
+    """One-shot ``ChainVerifier(trust_roots).verify(...)``: no state survives the call."""
+    return ChainVerifier(trust_roots, cache_size=0).verify(cert, chain, crls, at=at)
 
 
 def _digest(blob: bytes) -> bytes:
@@ -151,6 +177,7 @@ def _digest(blob: bytes) -> bytes:
 
 
 def _build(
+    shipped: _Anchors,
     cert: bytes,
     chain: Sequence[bytes],
     trust_roots: Sequence[bytes],
@@ -169,7 +196,6 @@ def _build(
 
     supplied = [c for blob in chain for c in load_certs(blob, "chain")]
     explicit = [c for blob in trust_roots for c in load_certs(blob, "trust_root")]
-    shipped = _shipped()
     trusted = {c.der: None for c in explicit} | {c.der: p for p, c in shipped.arks}
 
     inters = [c for c in supplied if not c.self_issued] + list(shipped.intermediates)
@@ -256,6 +282,22 @@ def _apply_crl(
     A CRL from another issuer (e.g. another product's ARK) does not concern this chain.
     """
     crl = load_crl(blob)
+    try:
+        return _check_crl(crl, leaf, inter, root, at, start, end)
+    except ValueError as exc:  # cryptography decodes CRL entries and extensions lazily
+        raise MalformedEvidence("snp.crl", f"CRL does not parse: {exc}",
+                                hint="pass the CRL AMD KDS serves (DER or PEM)") from None
+
+
+def _check_crl(
+    crl: x509.CertificateRevocationList,
+    leaf: AmdCert,
+    inter: AmdCert,
+    root: AmdCert,
+    at: dt.datetime,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> tuple[dt.datetime, dt.datetime]:
     if crl.issuer == root.subject:
         issuer, subject, role = root, inter, "intermediate"
     elif crl.issuer == inter.subject:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enarx.attestation.snp.abi import SnpReport
 
+__all__ = ["KDS_BASE", "cert_chain_path", "crl_path", "vcek_path"]
+
 KDS_BASE = "https://kdsintf.amd.com"
 
 

@@ -43,12 +43,38 @@ from enarx.attestation.snp.abi import (
     SnpReport,
     parse_report,
 )
-from enarx.attestation.snp.chain import VerifiedChain, verify_chain
+from enarx.attestation.snp.chain import CACHE_SIZE, ChainVerifier, VerifiedChain
 from enarx.attestation.snp.kds import vcek_path
 from enarx.errors import ChainInvalid, MalformedEvidence, SignatureInvalid, TcbMismatch
 
+__all__ = ["SnpVerifier", "verify_report"]
+
 _ECDSA_SHA384 = ec.ECDSA(hashes.SHA384())
 _BASE_SPLS = ("bootloader", "tee", "snp", "microcode")
+
+
+class SnpVerifier:
+    """A reusable SEV-SNP verifier: it owns its trust anchors (the shipped AMD ARKs plus
+    ``trust_roots``) and a warm cache of verified chains (``chains``), so a service that
+    checks many reports keeps one instance; nothing is shared between instances."""
+
+    def __init__(self, trust_roots: Sequence[bytes] = (), *,
+                 cache_size: int = CACHE_SIZE) -> None:
+        self.chains = ChainVerifier(trust_roots, cache_size=cache_size)
+
+    def verify(
+        self,
+        report: bytes,
+        *,
+        cert: bytes | None = None,
+        chain: Sequence[bytes] = (),
+        crls: Sequence[bytes] = (),
+        at: dt.datetime | None = None,
+        trust_roots: Sequence[bytes] = (),
+    ) -> VerifiedEvidence:
+        """Verify an SEV-SNP report and return its authenticated contents (see
+        ``verify_report`` for the arguments; ``trust_roots`` adds to the instance's)."""
+        return _verify(self.chains, report, cert, chain, trust_roots, crls, at)
 
 
 def verify_report(
@@ -65,8 +91,22 @@ def verify_report(
     ``cert`` is the VCEK or VLEK (PEM or DER); ``chain`` may add intermediates (KDS
     ``cert_chain`` layout: ASK/ASVK then ARK); ``trust_roots`` adds roots trusted besides
     the shipped AMD ARKs; ``crls`` are checked when given; ``at`` (default: now, naive means
-    UTC) is the time at which every certificate must be valid.
+    UTC) is the time at which every certificate must be valid. One-shot: nothing is cached
+    (keep an ``SnpVerifier`` to reuse verified chains).
     """
+    chains = ChainVerifier(trust_roots, cache_size=0)
+    return _verify(chains, report, cert, chain, (), crls, at)
+
+
+def _verify(
+    chains: ChainVerifier,
+    report: bytes,
+    cert: bytes | None,
+    chain: Sequence[bytes],
+    trust_roots: Sequence[bytes],
+    crls: Sequence[bytes],
+    at: dt.datetime | None,
+) -> VerifiedEvidence:
     at = _normalise_time(at)
     if not isinstance(report, bytes | bytearray | memoryview):
         raise MalformedEvidence("snp.size", "report must be bytes", actual=type(report).__name__)
@@ -82,7 +122,7 @@ def verify_report(
             hint="pass it (--cert): from the extended report, or fetched from AMD KDS with "
             "`enarx platform snp vcek REPORT --out vcek.pem`",
         )
-    verified = verify_chain(cert, chain, trust_roots, crls, at=at)
+    verified = chains.verify(cert, chain, crls, at=at, trust_roots=trust_roots)
     _check_signature(report, verified)
     rep = parse_report(report)
     _check_signing_key(rep, verified)

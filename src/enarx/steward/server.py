@@ -1,0 +1,317 @@
+"""Running the steward: state directory, keys, TLS, uvicorn.
+
+State directory (0700; ``--state-dir``, default ``$XDG_STATE_HOME/enarx/steward``):
+
+- ``ca.crt``       the CA certificate (PEM, 0644) — what Keeps and clients trust
+- ``ca.key``       the CA key (PEM, 0600), unless ``--key/--crt`` supply the CA
+- ``ear.key``      the EAR signing key (P-256 PEM, 0600)
+- ``admin.token``  bearer token for resource writes (0600)
+- ``server.key`` / ``server.crt``  this process's TLS key and chain (0600 / 0644)
+- ``steward.db``   the SQLite database when ``--db`` is not given
+
+With a shared database (``--db postgresql://…``) the CA key, the EAR key and the admin token
+live in the database (``Store.get_or_create_secret``), so every replica serves the same CA and
+signs with the same key; the files above are then copies. Keys are never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enarx.errors import ConfigError, ResourceError, UsageError
+from enarx.fsutil import atomic_write, ensure_private_dir, state_dir
+
+__all__ = [
+    "StewardState",
+    "default_state_dir",
+    "load_policy",
+    "load_state",
+    "make_app",
+    "read_ca_pem",
+    "serve",
+]
+
+log = logging.getLogger("enarx.steward")
+
+_SECRET_CA = "ca"  # key PEM + cert PEM
+_SECRET_EAR = "ear-key"
+_SECRET_ADMIN = "admin-token"
+
+
+def default_state_dir() -> Path:
+    """``$STEWARD_STATE_DIR``, else ``$XDG_STATE_HOME/enarx/steward``."""
+    return state_dir("steward", env="STEWARD_STATE_DIR")
+
+
+@dataclass
+class StewardState:
+    """What ``serve`` needs, loaded from the state dir, the database and ``--key/--crt``."""
+
+    state_dir: Path
+    store: Any
+    ca: Any
+    ear_signer: Any
+    admin_token: str
+
+
+def _private_dir(path: Path) -> Path:
+    try:
+        return ensure_private_dir(path)
+    except OSError as exc:
+        raise ResourceError(f"cannot use the state directory {path}: {exc.strerror or exc}",
+                            hint="pass --state-dir with a directory you own") from None
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} {path}: {exc.strerror or exc}",
+                         hint="check the path and its permissions") from None
+
+
+def _split_ca_secret(blob: bytes) -> tuple[bytes, bytes]:
+    marker = b"-----BEGIN CERTIFICATE-----"
+    at = blob.find(marker)
+    if at < 0:
+        raise ConfigError("the stored CA secret has no certificate",
+                          hint="the database is damaged; restore it or start a new state")
+    return blob[:at], blob[at:]
+
+
+def _new_ca_secret(state: Path) -> bytes:
+    """First start: import an existing ca.key/ca.crt from the state dir, else make a CA."""
+    from enarx.steward.ca import StewardCA
+
+    key_file, crt_file = state / "ca.key", state / "ca.crt"
+    if key_file.exists() and crt_file.exists():
+        ca = StewardCA.from_pem(key_file.read_bytes(), crt_file.read_bytes(),
+                                path=str(crt_file))
+    else:
+        ca = StewardCA.create("enarx steward CA")
+    return ca.key_pem() + ca.cert_pem
+
+
+def _new_ear_key() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _write_if_changed(path: Path, data: bytes, mode: int) -> None:
+    try:
+        if path.exists() and path.read_bytes() == data and (path.stat().st_mode & 0o777) == mode:
+            return
+        atomic_write(path, data, mode=mode)
+    except OSError as exc:
+        raise ResourceError(f"cannot write {path}: {exc.strerror or exc}",
+                            hint="check the state directory's permissions") from None
+
+
+def load_state(state: Path, db: str | None, *, key: Path | None = None,
+               crt: Path | None = None) -> StewardState:
+    """Open the store and load (creating on first start) the CA, EAR key and admin token."""
+    from enarx.steward.ca import StewardCA
+    from enarx.steward.ear import EarSigner
+    from enarx.steward.store import open_store
+
+    if (key is None) != (crt is None):
+        raise UsageError("--key and --crt go together",
+                         hint="pass both (or STEWARD_KEY and STEWARD_CRT), or neither")
+    given = None  # --key/--crt are checked before anything is created
+    if key is not None and crt is not None:
+        given = StewardCA.from_pem(_read(key, "CA key"), _read(crt, "CA certificate"),
+                                   path=str(crt))
+    state = _private_dir(Path(state))
+    store = open_store(db, state)
+    try:
+        if given is not None:
+            ca = given
+        else:
+            blob = store.get_or_create_secret(_SECRET_CA, lambda: _new_ca_secret(state))
+            key_pem, cert_pem = _split_ca_secret(blob)
+            ca = StewardCA.from_pem(key_pem, cert_pem, path="database secret 'ca'")
+            _write_if_changed(state / "ca.key", key_pem, 0o600)
+        _write_if_changed(state / "ca.crt", ca.cert_pem, 0o644)
+        ear_pem = store.get_or_create_secret(_SECRET_EAR, _new_ear_key)
+        _write_if_changed(state / "ear.key", ear_pem, 0o600)
+        signer = EarSigner.from_pem(ear_pem)
+        token = store.get_or_create_secret(
+            _SECRET_ADMIN, lambda: secrets.token_urlsafe(32).encode()).decode()
+        _write_if_changed(state / "admin.token", token.encode(), 0o600)
+    except BaseException:
+        store.close()
+        raise
+    return StewardState(state, store, ca, signer, token)
+
+
+def read_ca_pem(state: Path, db: str | None = None) -> bytes:
+    """The CA certificate ``enarx steward ca`` prints (from the state dir or the database)."""
+    if db is not None:
+        st = load_state(state, db)
+        try:
+            pem: bytes = st.ca.cert_pem
+            return pem
+        finally:
+            st.store.close()
+    path = Path(state) / "ca.crt"
+    if not path.exists():
+        raise UsageError(f"no steward CA in {state}",
+                         hint="start the steward once (`enarx steward serve`) or pass "
+                         "--state-dir / --db of a running one")
+    return _read(path, "CA certificate")
+
+
+def load_policy(path: Path) -> tuple[Any, list[bytes]]:
+    """The steward policy and the PEM bytes of its ``trust_roots`` (relative to the file)."""
+    from enarx.steward.policy import StewardPolicy
+
+    policy = StewardPolicy.loads(_read(path, "policy").decode("utf-8", "replace"),
+                                 source=str(path))
+    roots: list[bytes] = []
+    for entry in policy.trust_roots:
+        p = Path(entry)
+        if not p.is_absolute():
+            p = path.parent / p
+        try:
+            roots.append(p.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read trust root {p}: {exc.strerror or exc}",
+                              path=str(path), key="trust_roots",
+                              hint="trust_roots paths are relative to the policy file") from None
+    return policy, roots
+
+
+def make_app(policy_path: Path, state: StewardState, *, secure_cookies: bool = True,
+             max_body: int | None = None) -> Any:
+    """The ASGI app for ``policy_path`` over a loaded state."""
+    from enarx.steward.app import MAX_BODY, create_app
+    from enarx.steward.service import Steward
+
+    policy, roots = load_policy(policy_path)
+    steward = Steward(policy, state.ca, state.ear_signer, state.store, roots)
+    return create_app(steward, admin_token=state.admin_token, secure_cookies=secure_cookies,
+                      max_body=max_body or MAX_BODY)
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def _setup_logging() -> None:
+    logger = logging.getLogger("enarx.steward")
+    if not any(getattr(h, "_enarx", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonLines())
+        handler._enarx = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def serve(
+    policy_path: Path,
+    *,
+    addr: str = "127.0.0.1",
+    port: int = 3000,
+    state: Path | None = None,
+    db: str | None = None,
+    key: Path | None = None,
+    crt: Path | None = None,
+    sans: Sequence[str] = (),
+    insecure_http: bool = False,
+) -> None:
+    """Run until interrupted (SIGINT/SIGTERM end it cleanly)."""
+    import uvicorn
+
+    from enarx.cli.output import warn
+
+    policy_path = Path(policy_path)
+    load_policy(policy_path)  # refuse a bad policy before touching the state dir
+    st = load_state(state or default_state_dir(), db, key=key, crt=crt)
+    try:
+        app = make_app(policy_path, st, secure_cookies=not insecure_http)
+        ssl: dict[str, Any] = {}
+        if insecure_http:
+            warn("--insecure-http: serving plain HTTP; put a TLS-terminating proxy in front")
+        else:
+            key_pem, chain_pem = st.ca.server_cert(list(sans))
+            atomic_write(st.state_dir / "server.key", key_pem, mode=0o600)
+            atomic_write(st.state_dir / "server.crt", chain_pem, mode=0o644)
+            ssl = {"ssl_keyfile": str(st.state_dir / "server.key"),
+                   "ssl_certfile": str(st.state_dir / "server.crt")}
+        _setup_logging()
+        scheme = "http" if insecure_http else "https"
+        host = f"[{addr}]" if ":" in addr else addr
+        sock = _bind(addr, port)
+        url = f"{scheme}://{host}:{sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                server_header=False, lifespan="off",
+                                timeout_graceful_shutdown=5, **ssl)
+        _server_class()(config, url).run(sockets=[sock])
+    finally:
+        st.store.close()
+
+
+def _server_class() -> Any:
+    import uvicorn
+
+    class _Server(uvicorn.Server):
+        """Says "listening" only once uvicorn accepts (and handles SIGTERM/SIGINT)."""
+
+        def __init__(self, config: uvicorn.Config, url: str) -> None:
+            super().__init__(config)
+            self.url = url
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn re-raises the signal after shutting down (the process then dies by
+            # it, skipping our clean-up); a steward stopped by SIGTERM/SIGINT exits 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            sigs = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                log.info(json.dumps({"event": "listening", "url": self.url}))
+
+    return _Server
+
+
+def _bind(addr: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((addr, port))
+        sock.listen(2048)
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        raise ResourceError(f"cannot listen on {addr}:{port}: {getattr(exc, 'strerror', exc)}",
+                            hint="pick another --port or --addr (is a steward already "
+                            "running there?)") from None
+    sock.set_inheritable(True)
+    return sock

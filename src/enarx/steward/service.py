@@ -1,0 +1,577 @@
+"""The steward's protocol logic, without HTTP: challenge → evidence → result → certificate.
+
+``Steward`` ties the pure pieces together (``kbs`` payloads, ``policy`` appraisal, ``ear``
+tokens, ``ca`` issuance, ``extensions`` codecs, ``upstream`` CSRs) around one ``Store`` that
+holds every piece of state (sessions, nonces, issuance records, resources), so replicas that
+share a database behave as one service. Every failure is a typed ``StewardError`` (or an
+``enarx.errors`` type) that ``app`` turns into a 4xx answer; nothing is recorded unless the
+whole request succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from enarx.attestation.result import VerifiedEvidence
+from enarx.attestation.snp.verify import SnpVerifier
+from enarx.errors import AttestationError, EnarxError
+from enarx.steward.policy import Kind, StewardPolicy, appraise
+
+__all__ = [
+    "AttestOutcome",
+    "BadRequest",
+    "Conflict",
+    "NotFound",
+    "PayloadTooLarge",
+    "Refused",
+    "Steward",
+    "StewardError",
+    "Unauthorized",
+    "UnsupportedMediaType",
+]
+
+log = logging.getLogger("enarx.steward")
+
+NONCE_TTL = dt.timedelta(minutes=5)
+SESSION_TTL = dt.timedelta(minutes=5)
+TOKEN_TTL = dt.timedelta(minutes=5)
+
+
+# --- typed errors ------------------------------------------------------------------------
+
+
+class StewardError(EnarxError):
+    """A request the steward refuses. ``status`` is the HTTP status, ``name`` the Trustee
+    error type (``…/kbs/errors/<name>``), ``failed`` the failed policy rules if any."""
+
+    exit_code = 2
+    status = 400
+    name = "InvalidRequest"
+
+    def __init__(self, message: str, *, hint: str | None = None,
+                 failed: Sequence[dict[str, Any]] = ()) -> None:
+        super().__init__(message, hint=hint)
+        self.failed = list(failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if self.failed:
+            out["failed"] = self.failed
+        return out
+
+
+class BadRequest(StewardError):
+    pass
+
+
+class Unauthorized(StewardError):
+    status = 401
+    name = "Unauthorized"
+
+
+class Refused(Unauthorized):
+    """Authentic or not, the evidence does not satisfy the policy (every failed rule listed)."""
+
+    exit_code = 4
+    name = "PolicyDeny"
+
+
+class NotFound(StewardError):
+    status = 404
+    name = "ResourceNotFound"
+
+
+class Conflict(StewardError):
+    status = 409
+    name = "AlreadyIssued"
+
+
+class PayloadTooLarge(StewardError):
+    status = 413
+    name = "PayloadTooLarge"
+
+
+class UnsupportedMediaType(StewardError):
+    status = 415
+    name = "UnsupportedMediaType"
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttestOutcome:
+    token: str
+    status: str
+    workload: str | None
+    platform: str
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What evidence verification found, before appraisal."""
+
+    kind: Kind
+    evidence: VerifiedEvidence | None
+    vendor_root: bool
+    cmw: bytes  # what the certificate will carry (empty for nil/kvm)
+    digest: str  # sha384:<hex> of the raw evidence
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _fingerprint(cert_pem_or_der: bytes) -> str:
+    try:
+        cert = (x509.load_pem_x509_certificate(cert_pem_or_der)
+                if cert_pem_or_der.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(cert_pem_or_der))
+    except ValueError as exc:
+        raise BadRequest(f"trust root is not a certificate: {exc}") from None
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _failures(appraisal: Any) -> list[dict[str, Any]]:
+    out = []
+    for f in getattr(appraisal, "failed", []):
+        out.append({"rule": str(f.rule), "expected": _jsonable(f.expected),
+                    "actual": _jsonable(f.actual), "message": str(f.message)})
+    return out
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list | tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    return str(v)
+
+
+def _verification_failed(exc: AttestationError) -> Refused:
+    failed = [{"rule": exc.check, "expected": _jsonable(exc.expected),
+               "actual": _jsonable(exc.actual), "message": exc.detail}]
+    return Refused(f"evidence did not verify: {exc.message}", failed=failed,
+                   hint=exc.hint or "the evidence must come from a genuine TEE and bind this "
+                   "request's nonce and key")
+
+
+def _load_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
+    if not csr_der:
+        raise BadRequest("empty body: expected a DER PKCS#10 certificate request")
+    try:
+        csr = x509.load_der_x509_csr(csr_der)
+    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
+        raise BadRequest("body is not a DER PKCS#10 certificate request",
+                         hint="send the CSR as DER with Content-Type: application/pkcs10") from None
+    try:
+        ok = csr.is_signature_valid
+    except (UnsupportedAlgorithm, ValueError):  # e.g. an unknown signature algorithm
+        ok = False
+    if not ok:
+        raise BadRequest("the CSR's signature does not verify with its own key")
+    return csr
+
+
+def _spki(key: Any) -> bytes:
+    der: bytes = key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
+def _runtime_json(rd: dict[str, Any], additional: str) -> bytes:
+    """The exact JCS bytes whose SHA-384 is REPORT_DATA (kept in the certificate's CMW)."""
+    import rfc8785
+
+    obj: dict[str, Any] = {"tee-pubkey": rd["tee-pubkey"], "nonce": rd["nonce"],
+                           "additional-evidence": additional}
+    if rd.get("workload") is not None:
+        obj["workload"] = rd["workload"]
+    out: bytes = rfc8785.dumps(obj)
+    return out
+
+
+def _refusal(prefix: str, failed: list[dict[str, Any]]) -> Refused:
+    return Refused(prefix + ": " + "; ".join(f"{f['rule']}: {f['message']}" for f in failed),
+                   failed=failed,
+                   hint="the failed rules list what the policy expected and what it got")
+
+
+class Steward:
+    """The service: one instance per process, all state in ``store``.
+
+    ``policy`` is a ``steward.policy.StewardPolicy``, ``ca`` a ``steward.ca.StewardCA``,
+    ``ear_signer`` a ``steward.ear.EarSigner``, ``store`` a ``steward.store.Store``;
+    ``trust_roots`` are the extra (non-vendor) roots the policy names, as PEM/DER;
+    ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
+    verified at, so tests can check recorded fixtures as of their capture time.
+    """
+
+    def __init__(
+        self,
+        policy: StewardPolicy,
+        ca: Any,
+        ear_signer: Any,
+        store: Any,
+        trust_roots: Sequence[bytes] = (),
+        clock: Callable[[], dt.datetime] = _now,
+        *,
+        verifier_id: str = "enarx-steward",
+        sgx_qe_identity: tuple[bytes, bytes] | None = None,
+        evidence_clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.ca = ca
+        self.ear = ear_signer
+        self.store = store
+        self.clock = clock
+        #: the time evidence is verified at (tests: recorded fixtures, as of their capture)
+        self.evidence_clock = evidence_clock or clock
+        self.verifier_id = verifier_id
+        self.sgx_qe_identity = sgx_qe_identity
+        self.trust_roots = [bytes(r) for r in trust_roots]
+        self._extra_roots = {_fingerprint(r) for r in self.trust_roots}
+        self.snp = SnpVerifier(self.trust_roots)
+        self.cert_validity = dt.timedelta(seconds=policy.validity_seconds)
+        self.policy_id: str = policy.policy_id
+        self._ca_der: bytes = ca.cert_der
+        self._jwks: dict[str, Any] = ear_signer.jwks()
+
+    def jwks(self) -> dict[str, Any]:
+        return self._jwks
+
+    # --- KBS: /auth ----------------------------------------------------------------------
+
+    def auth(self, body: bytes) -> tuple[str, dict[str, Any]]:
+        """``POST /kbs/v0/auth``: a fresh single-use nonce bound to a new session."""
+        from enarx.steward import kbs
+
+        req = kbs.parse_request(body)
+        session_id = secrets.token_urlsafe(32)
+        challenge = kbs.Challenge.new()
+        self.store.create_session(session_id, challenge.nonce, req.tee,
+                                  self.clock() + NONCE_TTL)
+        return session_id, challenge.to_json()
+
+    # --- KBS: /attest --------------------------------------------------------------------
+
+    def attest(self, session_id: str | None, body: bytes) -> AttestOutcome:
+        """``POST /kbs/v0/attest``: verify, appraise, sign an EAR; one JSON log line."""
+        out: AttestOutcome = self._logged("kbs",
+                                          lambda info: self._attest(session_id, body, info))
+        return out
+
+    def _logged(self, route: str, fn: Callable[[dict[str, Any]], Any]) -> Any:
+        started = time.perf_counter()
+        info: dict[str, Any] = {"event": "attestation", "route": route}
+        try:
+            out = fn(info)
+            info["result"] = "ok"
+            return out
+        except EnarxError as exc:
+            info["result"] = "refused"
+            info["error"] = type(exc).__name__
+            info["failed"] = getattr(exc, "failed", None) or [{"message": exc.message}]
+            raise
+        finally:
+            info["duration_ms"] = round((time.perf_counter() - started) * 1000, 3)
+            log.info(json.dumps(info, sort_keys=True, default=str))
+
+    def _attest(self, session_id: str | None, body: bytes,
+                info: dict[str, Any]) -> AttestOutcome:
+        from enarx.steward import kbs
+
+        if not session_id:
+            raise Unauthorized("no kbs-session-id cookie", hint="POST /kbs/v0/auth first")
+        att = kbs.parse_attestation(body)
+        rd = att.runtime_data
+        now = self.clock()
+        session = self.store.redeem_nonce(session_id, rd.nonce, now)
+        if session is None:
+            raise Unauthorized("unknown session, or its nonce was already used or expired",
+                               hint="start again with POST /kbs/v0/auth")
+        info["tee"] = session.tee
+        workload = rd.workload
+        info["workload"] = workload
+        additional = att.tee_evidence.additional_evidence
+        runtime_json = _runtime_json(rd.to_json(), additional)
+        expected = kbs.expected_report_data(rd, additional)
+        checked = self._verify_kbs(session.tee, att, runtime_json, expected, now)
+        info["platform"] = checked.kind
+        appraisal = appraise(
+            self.policy, checked.evidence, kind=checked.kind, vendor_root=checked.vendor_root,
+            workload=workload, workload_bound=True)
+        info["status"] = appraisal.status
+        if not appraisal.ok:
+            raise _refusal("attestation refused by the steward's policy", _failures(appraisal))
+        pub_json = json.dumps(rd.tee_pubkey, sort_keys=True, separators=(",", ":"))
+        token = self._sign_ear(checked, appraisal, rd.nonce, rd.tee_pubkey, workload, now)
+        if not self.store.set_attested(session_id, token, pub_json, workload, checked.digest,
+                                       now + SESSION_TTL, evidence=checked.cmw):
+            raise Unauthorized("the session was already attested",
+                               hint="start again with POST /kbs/v0/auth")
+        return AttestOutcome(token=token, status=appraisal.status, workload=workload,
+                             platform=checked.kind)
+
+    def _verify_kbs(self, tee: str, att: Any, runtime_json: bytes, expected: bytes,
+                    now: dt.datetime) -> _Checked:
+        from enarx.steward import extensions, kbs
+
+        if tee == "sample":
+            return _Checked("nil", None, False, b"", "none")
+        if tee != "snp":
+            raise BadRequest(f"tee {tee!r} is not supported by this steward",
+                             hint='use tee "snp" (SEV-SNP and the sim backend) or "sample" (nil)')
+        snp = kbs.parse_snp_evidence(att.tee_evidence)
+        ev = self._verify_snp(snp.report, snp.cert_chain, (), self.evidence_clock())
+        if not hmac.compare_digest(ev.report_data, expected):
+            raise Refused("the evidence does not bind this request's nonce, key and workload",
+                          failed=[{"rule": "report_data", "expected": expected.hex(),
+                                   "actual": ev.report_data.hex(),
+                                   "message": "REPORT_DATA must be SHA-384(JCS(runtime-data))"}],
+                          hint="make the evidence for this session's nonce and this key")
+        vendor = self._vendor_root(ev)
+        cmw = extensions.encode_cmw(extensions.CmwEvidence(
+            "snp", snp.report, tuple(snp.cert_chain), runtime_json))
+        return _Checked("snp" if vendor else "sim", ev, vendor, cmw,
+                        "sha384:" + hashlib.sha384(snp.report).hexdigest())
+
+    def _verify_snp(self, report: bytes, certs: Sequence[bytes], crls: Sequence[bytes],
+                    at: dt.datetime) -> VerifiedEvidence:
+        if not certs:
+            raise BadRequest("SNP evidence without cert_chain",
+                             hint="send the VCEK (and ASK, ARK) in primary_evidence.cert_chain")
+        try:
+            return self.snp.verify(report, cert=certs[0], chain=certs[1:], crls=crls, at=at)
+        except AttestationError as exc:
+            raise _verification_failed(exc) from None
+
+    def _vendor_root(self, ev: VerifiedEvidence) -> bool:
+        return bool(ev.chain) and ev.chain[-1].sha256 not in self._extra_roots
+
+    def _sign_ear(self, checked: _Checked, appraisal: Any, nonce: str,
+                  tee_pubkey: dict[str, Any] | None, workload: str | None,
+                  now: dt.datetime) -> str:
+        from enarx.steward import ear
+
+        claims = ear.build_ear(
+            status=appraisal.status,
+            vector=appraisal.vector,
+            policy_id=self.policy_id,
+            verifier_id=self.verifier_id,
+            nonce=nonce,
+            tee_pubkey=tee_pubkey,
+            workload=workload,
+            platform=checked.kind,
+            evidence=checked.evidence,
+            now=now,
+            ttl=TOKEN_TTL,
+        )
+        token: str = self.ear.sign(claims)
+        return token
+
+    # --- our route: certificate for the attested key -------------------------------------
+
+    def issue_for_session(self, session_id: str | None, csr_der: bytes) -> list[bytes]:
+        """``POST /enarx/v1/certificate``: one certificate for the session's attested key."""
+        from enarx.steward import ear, extensions
+
+        if not session_id:
+            raise Unauthorized("no kbs-session-id cookie", hint="attest first (/kbs/v0/auth, "
+                               "/kbs/v0/attest), then send the CSR with the session cookie")
+        csr = _load_csr(csr_der)
+        now = self.clock()
+        session = self.store.get_session(session_id)
+        if (session is None or not session.token or session.attested_expires_at is None
+                or session.attested_expires_at <= now.timestamp()):
+            raise Unauthorized("the session is unknown, expired or not attested",
+                               hint="attest first with POST /kbs/v0/attest")
+        if session.issued_serial:
+            raise Conflict("this session already has its certificate",
+                           hint="one attestation = one certificate: attest again for another")
+        try:
+            claims = ear.verify_ear(session.token, self._jwks, now)
+        except EnarxError as exc:
+            raise Unauthorized(f"the session's attestation result is not valid: "
+                               f"{exc.message}") from None
+        sub = claims["submods"]["cpu0"]
+        pub = _jwk_spki(json.loads(session.tee_pubkey or "{}"))
+        if not hmac.compare_digest(_spki(csr.public_key()), pub):
+            raise Unauthorized("the CSR's key is not the key this session attested",
+                               hint="sign the CSR with the tee-pubkey sent to /kbs/v0/attest")
+        workload = session.workload
+        exts: list[x509.Extension[Any]] = [extensions.workload_extension(workload)]
+        cmw = getattr(session, "evidence", None)
+        if cmw:
+            exts.insert(0, x509.Extension(extensions.OID_CMW, False,
+                                          x509.UnrecognizedExtension(extensions.OID_CMW, cmw)))
+        annotated = sub.get("ear.veraison.annotated-evidence", {})
+        return self._issue(csr, exts, now, evidence_digest=session.evidence_digest or "none",
+                           workload=workload, status=str(sub["ear.status"]),
+                           platform=str(annotated.get("platform", "")), kind="kbs",
+                           session_id=session_id)
+
+    def _sans(self, csr: x509.CertificateSigningRequest) -> list[str]:
+        try:
+            ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return []
+        except ValueError:
+            raise BadRequest("the CSR's extensions do not parse") from None
+        names: list[str] = []
+        for gn in ext.value:
+            if isinstance(gn, x509.DNSName | x509.IPAddress):
+                names.append(str(gn.value))
+            else:
+                raise BadRequest(f"unsupported SAN type in the CSR: {type(gn).__name__}",
+                                 hint="ask for DNS names or IP addresses only")
+        allowed = list(self.policy.sans)
+        bad = [n for n in names if not self.policy.san_allowed(n)]
+        if bad:
+            raise Refused("the CSR asks for names the policy does not allow",
+                          failed=[{"rule": "sans", "expected": allowed, "actual": bad,
+                                   "message": "SAN not allowed by the policy's `sans`"}])
+        return names
+
+    def _issue(self, csr: x509.CertificateSigningRequest,
+               exts: Sequence[x509.Extension[Any]], now: dt.datetime, *,
+               evidence_digest: str, workload: str | None, status: str, platform: str,
+               kind: str, session_id: str | None) -> list[bytes]:
+        sans = self._sans(csr)
+        cert = self.ca.issue(csr.public_key(), sans, self.cert_validity, list(exts), now=now)
+        serial = f"{cert.serial_number:x}"
+        if not self.store.record_issuance(serial, now, evidence_digest, workload, status,
+                                          self.policy_id, platform, kind,
+                                          session_id=session_id):
+            raise Conflict("this session already has its certificate",
+                           hint="one attestation = one certificate: attest again for another")
+        log.info(json.dumps({"event": "issuance", "serial": serial, "kind": kind,
+                             "platform": platform, "workload": workload, "status": status},
+                            sort_keys=True))
+        return [self._ca_der, cert.public_bytes(serialization.Encoding.DER)]
+
+    # --- upstream: POST / ----------------------------------------------------------------
+
+    def upstream_issue(self, csr_der: bytes) -> list[bytes]:
+        """Upstream Enarx ``POST /`` (application/pkcs10) → ``[CA, leaf]`` DER."""
+        chain: list[bytes] = self._logged("upstream", lambda info: self._upstream(csr_der, info))
+        return chain
+
+    def _upstream(self, csr_der: bytes, info: dict[str, Any]) -> list[bytes]:
+        from enarx.steward import extensions, upstream
+
+        csr = _load_csr(csr_der)
+        now = self.clock()
+        up = upstream.parse_upstream_csr(csr_der)
+        info["tee"] = up.kind
+        try:
+            ev = upstream.verify_upstream(up, at=self.evidence_clock(), snp_verifier=self.snp,
+                                          sgx_qe_identity=self.sgx_qe_identity)
+        except AttestationError as exc:
+            raise _verification_failed(exc) from None
+        vendor = ev is not None and (ev.platform != "snp" or self._vendor_root(ev))
+        kind: Kind = up.kind if vendor or ev is None else "sim"
+        info["platform"] = kind
+        appraisal = appraise(self.policy, ev, kind=kind, vendor_root=vendor, workload=None,
+                                         workload_bound=False)
+        info["status"] = appraisal.status
+        if not appraisal.ok:
+            raise _refusal("attestation refused by the steward's policy", _failures(appraisal))
+        exts: list[x509.Extension[Any]] = [extensions.workload_extension(None)]
+        digest = "none"
+        if ev is not None:
+            platform = "snp" if up.kind == "snp" else "sgx"
+            certs = up.certs if up.kind == "snp" else ()
+            exts.insert(0, extensions.cmw_extension(extensions.CmwEvidence(
+                platform, up.report, tuple(certs), b"")))
+            digest = "sha384:" + hashlib.sha384(up.report).hexdigest()
+        return self._issue(csr, exts, now, evidence_digest=digest, workload=None,
+                           status=str(appraisal.status), platform=kind, kind="upstream",
+                           session_id=None)
+
+    # --- KBS: resources ------------------------------------------------------------------
+
+    def resource(self, session_id: str | None, bearer: str | None, path: str) -> dict[str, Any]:
+        """``GET /kbs/v0/resource/<repo>/<type>/<tag>`` → flattened JWE to the tee-pubkey."""
+        from enarx.steward import ear, kbs
+
+        now = self.clock()
+        token: str | None = bearer
+        if token is None and session_id:
+            session = self.store.get_session(session_id)
+            if (session is not None and session.token and session.attested_expires_at
+                    and session.attested_expires_at > now.timestamp()):
+                token = session.token
+        if not token:
+            raise Unauthorized("no attested session or token",
+                               hint="attest first, then send the cookie or "
+                               "`Authorization: Bearer <token>`")
+        try:
+            claims = ear.verify_ear(token, self._jwks, now)
+        except EnarxError as exc:
+            raise Unauthorized(f"token refused: {exc.message}") from None
+        sub = claims.get("submods", {}).get("cpu0", {})
+        annotated = sub.get("ear.veraison.annotated-evidence", {})
+        rdc = annotated.get("runtime_data_claims", {})
+        tee_pubkey = rdc.get("tee-pubkey")
+        workload = rdc.get("workload")
+        platform = annotated.get("platform")
+        insecure_allowed = platform in ("sim", "nil", "kvm") and platform in self.policy.allow
+        if sub.get("ear.status") != "affirming" and not insecure_allowed:
+            raise Refused(f"resource {path} needs an affirming attestation",
+                          failed=[{"rule": "ear.status", "expected": "affirming",
+                                   "actual": sub.get("ear.status"),
+                                   "message": "only affirming Keeps receive secrets"}])
+        if not self.policy.may_receive(path, workload):
+            raise Refused(f"the policy does not release {path} to this workload",
+                          failed=[{"rule": "resources", "expected": path, "actual": workload,
+                                   "message": "resource not granted to this workload"}])
+        data = self.store.get_resource(path)
+        if data is None:
+            raise NotFound(f"no resource {path}")
+        if not isinstance(tee_pubkey, dict):
+            raise Unauthorized("the token carries no tee-pubkey")
+        jwe: dict[str, Any] = kbs.encrypt_resource(data, tee_pubkey)
+        return jwe
+
+    def put_resource(self, path: str, data: bytes) -> None:
+        self.store.put_resource(path, data, self.clock())
+
+    def delete_resource(self, path: str) -> bool:
+        return bool(self.store.delete_resource(path))
+
+
+def _jwk_spki(jwk: dict[str, Any]) -> bytes:
+    from joserfc.errors import JoseError
+    from joserfc.jwk import ECKey, RSAKey
+
+    try:
+        if jwk.get("kty") == "EC":
+            key: Any = ECKey.import_key(jwk)
+        elif jwk.get("kty") == "RSA":
+            key = RSAKey.import_key(jwk)
+        else:
+            raise BadRequest("tee-pubkey must be an EC or RSA JWK")
+        return _spki(key.public_key)
+    except BadRequest:
+        raise
+    except (JoseError, ValueError, TypeError, KeyError):
+        raise BadRequest("tee-pubkey is not a valid JWK") from None

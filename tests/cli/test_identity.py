@@ -1,0 +1,92 @@
+"""``enarx identity``: the workload identity a Keep attests, from the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from enarx import config as cfg
+from enarx.flags import parse_dir_spec
+from enarx.workload import identity_of
+from tests.cliutil import RunEnarx
+
+WAT = b'(module (func (export "_start")) (memory (export "memory") 1))'
+
+
+@pytest.fixture
+def module(tmp_path: Path) -> Path:
+    path = tmp_path / "app.wat"
+    path.write_bytes(WAT)
+    return path
+
+
+def out(proc: object) -> str:
+    return proc.stdout.decode().strip()  # type: ignore[attr-defined]
+
+
+def test_prints_the_identity_of_module_and_default_config(enarx: RunEnarx,
+                                                         module: Path) -> None:
+    proc = enarx("identity", module)
+    assert proc.returncode == 0, proc.stderr
+    assert out(proc) == identity_of(WAT, None)
+    assert out(proc).startswith("sha384:") and len(out(proc)) == 7 + 96
+
+
+def test_config_file_and_flags_in_either_order(enarx: RunEnarx, module: Path,
+                                               tmp_path: Path) -> None:
+    toml = tmp_path / "Enarx.toml"
+    toml.write_text('args = ["--serve"]\n[env]\nMODE = "prod"\n')
+    want = identity_of(WAT, cfg.loads(toml.read_text()), extra_args=["x"],
+                       extra_env=[("K", "v")], extra_dirs=[parse_dir_spec("data::/d:ro")])
+    first = enarx("identity", "--wasmcfgfile", toml, "--env", "K=v", "--dir", "data::/d:ro",
+                  module, "x")
+    assert first.returncode == 0, first.stderr
+    assert out(first) == want
+    # Upstream's order (`MODULE --wasmcfgfile FILE`), as `enarx run` accepts it.
+    upstream = enarx("identity", module, "--wasmcfgfile", toml, "--env", "K=v",
+                     "--dir", "data::/d:ro", "x")
+    assert upstream.returncode == 0, upstream.stderr
+    assert out(upstream) == want
+    assert out(enarx("identity", "--wasmcfgfile", toml, module)) != want
+    via_env = enarx("identity", "--env", "K=v", "--dir", "data::/d:ro", module, "x",
+                    env={"ENARX_WASMCFGFILE": str(toml)})
+    assert out(via_env) == want
+
+
+def test_json(enarx: RunEnarx, module: Path) -> None:
+    proc = enarx("identity", "--json", module, "a")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["identity"] == identity_of(WAT, None, extra_args=["a"])
+    assert doc["module_sha384"] == hashlib.sha384(WAT).hexdigest()
+    assert doc["config"]["args"] == ["a"]
+    assert doc["config"]["files"][0] == {"kind": "stdin", "name": "stdin"}
+
+
+def test_listed_in_help_and_has_its_own(enarx: RunEnarx) -> None:
+    assert "identity" in enarx("--help").stdout.decode()
+    own = enarx("identity", "--help")
+    assert own.returncode == 0 and "--wasmcfgfile" in own.stdout.decode()
+    assert "sha384" in own.stdout.decode()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["nope.wasm"], "no such module"),
+    (["--wasmcfgfile", "missing.toml", "{module}"], "no such file"),
+    (["--wasmcfgfile", "{bad}", "{module}"], "unknown key"),
+    (["--env", "NOEQUALS", "{module}"], "invalid --env"),
+    (["--env", "FD_COUNT=1", "{module}"], "invalid --env"),
+    (["--dir", "::x", "{module}"], "invalid --dir"),
+])
+def test_bad_input_is_exit_2_with_a_hint(enarx: RunEnarx, module: Path, tmp_path: Path,
+                                         args: list[str], fragment: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("colour = 1\n")
+    proc = enarx("identity", *[a.format(module=module, bad=bad) for a in args], cwd=tmp_path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert fragment in err and "hint:" in err and "Traceback" not in err
+    assert proc.stdout == b""

@@ -1,0 +1,297 @@
+"""steward.toml (steward/policy.py): loading, and appraisal of real verified evidence
+(upstream's Milan CSR, sim reports, the DCAP vectors) with every failure named."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enarx.attestation.result import VerifiedEvidence
+from enarx.attestation.snp import verify_report
+from enarx.errors import ConfigError, PolicyViolation
+from enarx.platform.sim import SimBackend
+from enarx.steward.policy import StewardPolicy, abi_matches, appraise
+from enarx.steward.upstream import parse_upstream_csr, verify_upstream
+from tests.attestation.dcap_support import load_dcap
+from tests.attestation.snp_support import sim_state
+
+UPSTREAM = Path(__file__).parent.parent / "data" / "steward" / "upstream"
+WL = "sha384:" + "ab" * 48
+WL2 = "sha384:" + "cd" * 48
+
+
+def P(text: str = "") -> StewardPolicy:
+    return StewardPolicy.loads(text)
+
+
+@pytest.fixture(scope="module")
+def milan() -> VerifiedEvidence:
+    csr = parse_upstream_csr((UPSTREAM / "milan.signed.crl.csr").read_bytes())
+    ev = verify_upstream(csr, at=dt.datetime(2022, 12, 23, 12, tzinfo=dt.UTC))
+    assert ev is not None
+    return ev
+
+
+def _sim(tmp_path_factory: pytest.TempPathFactory, **kw: Any) -> VerifiedEvidence:
+    sim = SimBackend(sim_state(tmp_path_factory), **kw)
+    e = sim.evidence(bytes(64))
+    return verify_report(e.blob, cert=e.certs[0], chain=e.certs[1:],
+                         trust_roots=(sim.ark_pem(),))
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> VerifiedEvidence:
+    return _sim(tmp_path_factory)
+
+
+def _snp(policy: StewardPolicy, ev: VerifiedEvidence | None, kind: str = "snp",
+         vendor: bool = True, workload: str | None = None, bound: bool = True) -> Any:
+    return appraise(policy, ev, kind=kind, vendor_root=vendor,  # type: ignore[arg-type]
+                    workload=workload, workload_bound=bound)
+
+
+def _rules(appraisal: Any) -> list[str]:
+    return [f.rule for f in appraisal.failed]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def test_upstream_policy_file_loads_with_its_meaning() -> None:
+    pol = P((UPSTREAM / "steward.toml").read_text())
+    assert pol.snp is not None and pol.sgx is not None
+    assert pol.snp.abi == ">=1.51" and pol.snp.policy_flags == ["SMT"]
+    assert pol.sgx.features == ["Debug", "ProvisioningKey", "EInitKey", "KSS"]
+    assert pol.allow == [] and pol.workload.allow is None and pol.validity_seconds == 86400
+
+
+def test_policy_id_is_stable_and_content_bound() -> None:
+    a = P('allow = ["sim"]\ncert_validity = "1h"\n')
+    b = P('cert_validity = "1h"\nallow = ["sim"]\n')
+    assert a.policy_id == b.policy_id and a.policy_id.startswith("sha256:")
+    assert len(a.policy_id) == 7 + 64
+    assert P('allow = ["nil"]').policy_id != a.policy_id
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "needle"),
+    [
+        ('[snp]\nsigner = ["' + "ab" * 32 + '"]', "snp.signer", "48 bytes"),
+        ('[sgx]\nhash = ["zz"]', "sgx.hash", "not hex"),
+        ("[snp]\nabi = \">=1.51\"", "snp", "at least one of"),
+        ('[snp]\nhash = ["' + "ab" * 48 + '"]\nabi = "newest"', "snp.abi", "requirement"),
+        ('allow = ["everything"]', "allow.0", "sim"),
+        ('cert_validity = "1y"', "cert_validity", "duration"),
+        ('cert_validity = "400d"', "cert_validity", "397"),
+        ('[workload]\nallow = ["sha256:00"]', "workload.allow", "workload identity"),
+        ('typo = 1', "typo", "Extra inputs"),
+        ('[resources]\n"a/b" = ["*"]', "resources", "repo/type/tag"),
+        ('[tdx]\nrtmr0 = ["00"]', "tdx.rtmr0", "48 bytes"),
+    ],
+)
+def test_bad_policies_name_the_key(text: str, key: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        StewardPolicy.loads(text, source="steward.toml")
+    assert err.value.key == key and needle in err.value.message
+    assert err.value.hint and err.value.exit_code == 2
+    assert err.value.message.startswith("steward.toml: ")
+
+
+def test_not_toml_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        StewardPolicy.loads("allow = [")
+
+
+@pytest.mark.parametrize(
+    ("req", "ok", "bad"),
+    [(">=1.51", [(1, 51), (1, 52), (2, 0)], [(1, 50), (0, 99)]),
+     ("1.51", [(1, 51), (1, 99)], [(2, 0), (1, 50)]),
+     ("=1.51", [(1, 51)], [(1, 52)]),
+     ("~1.51", [(1, 51)], [(1, 52)]),
+     (">=1.0, <2", [(1, 0), (1, 99)], [(2, 0)]),
+     ("*", [(0, 0), (9, 9)], [])],
+)
+def test_abi_requirements(req: str, ok: list[tuple[int, int]], bad: list[tuple[int, int]]) -> None:
+    assert all(abi_matches(req, *v) for v in ok)
+    assert not any(abi_matches(req, *v) for v in bad)
+
+
+def test_sans_resources_and_validity() -> None:
+    pol = P('sans = ["*.keep.example", "127.0.0.1"]\ncert_validity = "30m"\n'
+            f'[resources]\n"db/key/*" = ["{WL}"]\n"pub/cfg/x" = ["*"]\n')
+    assert pol.san_allowed("a.keep.example") and pol.san_allowed("A.KEEP.example")
+    assert not pol.san_allowed("keep.example") and not pol.san_allowed("evil.com")
+    assert pol.san_allowed("127.0.0.1") and not pol.san_allowed("10.0.0.1")
+    assert P().san_allowed("anything.example")
+    assert pol.may_receive("db/key/1", WL) and not pol.may_receive("db/key/1", WL2)
+    assert not pol.may_receive("db/key/1", None) and pol.may_receive("pub/cfg/x", None)
+    assert not pol.may_receive("other/a/b", WL)
+    assert pol.validity_seconds == 1800
+
+
+# --- insecure kinds are refused unless allowed ----------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nil", "kvm"])
+def test_nil_and_kvm_need_allow(kind: str) -> None:
+    refused = _snp(P(), None, kind, vendor=False)
+    assert _rules(refused) == [f"allow.{kind}"] and refused.status == "contraindicated"
+    assert refused.failed[0].expected == f'"{kind}" in allow'
+    allowed = _snp(P(f'allow = ["{kind}"]'), None, kind, vendor=False)
+    assert allowed.ok and allowed.vector["runtime-opaque"] == 96
+    assert allowed.status == "contraindicated"  # honest: the host sees everything
+    assert allowed.notes
+
+
+def test_sim_needs_allow_and_says_so(sim: VerifiedEvidence) -> None:
+    assert _rules(_snp(P(), sim, "sim", vendor=False)) == ["allow.sim"]
+    # Evidence from a non-vendor root is "sim" whatever the caller labels it.
+    assert _rules(_snp(P(), sim, "snp", vendor=False)) == ["allow.sim"]
+    ok = _snp(P('allow = ["sim"]'), sim, "sim", vendor=False)
+    assert ok.ok and ok.vector["hardware"] == 97 and ok.vector["runtime-opaque"] == 96
+
+
+def test_debug_guest_needs_allow(tmp_path_factory: pytest.TempPathFactory) -> None:
+    dbg = _sim(tmp_path_factory, policy=0x30000 | 1 << 19)
+    assert dbg.debug
+    assert _rules(_snp(P('allow = ["sim"]'), dbg, "sim", vendor=False)) == ["debug"]
+    assert _snp(P('allow = ["sim", "debug"]'), dbg, "sim", vendor=False).ok
+    flags = P('allow = ["sim", "debug"]\n[snp]\nhash_blacklist = ["' + "00" * 48 +
+              '"]\npolicy_flags = ["SMT"]')
+    got = _snp(flags, dbg, "sim", vendor=False)
+    assert _rules(got) == ["snp.policy_flags"] and got.failed[0].actual == ["Debug"]
+
+
+def test_vmpl_and_migration_agent_are_refused(tmp_path_factory: pytest.TempPathFactory) -> None:
+    pol = P('allow = ["sim"]')
+    assert _rules(_snp(pol, _sim(tmp_path_factory, vmpl=2), "sim", False)) == ["snp.vmpl"]
+    ma = _sim(tmp_path_factory, policy=0x30000 | 1 << 18)
+    assert _rules(_snp(pol, ma, "sim", False)) == ["snp.migrate_ma"]
+
+
+# --- upstream [snp] rules on real Milan evidence --------------------------------------------
+
+
+def test_every_failed_snp_rule_is_listed_with_expected_and_actual(milan: VerifiedEvidence) -> None:
+    other = "ab" * 48
+    pol = P(f'''[snp]
+signer = ["{other}"]
+id_key_digest = ["{other}"]
+id_key_digest_blacklist = ["{milan.signer.hex()}"]
+hash_blacklist = ["{milan.measurement.hex()}"]
+abi = ">=1.52"
+platform_info_flags = "TSME"
+min_tcb = {{snp = 99}}
+''')
+    got = _snp(pol, milan)
+    assert _rules(got) == ["snp.signer", "snp.hash_blacklist", "snp.id_key_digest",
+                           "snp.id_key_digest_blacklist", "snp.abi",
+                           "snp.platform_info_flags", "snp.min_tcb.snp"]
+    by = {f.rule: f for f in got.failed}
+    assert by["snp.abi"].actual == "1.51" and by["snp.abi"].expected == ">=1.52"
+    assert by["snp.signer"].actual == milan.author_key_digest
+    assert by["snp.platform_info_flags"].actual == ["SME"]
+    assert got.vector["executables"] == 96 and got.vector["configuration"] == 96
+    err = got.error()
+    assert isinstance(err, PolicyViolation) and err.exit_code == 4
+    assert [v.check for v in err.violations] == _rules(got)
+    json.dumps(got.to_dict())  # bytes rendered as hex
+
+
+def test_unpinned_vendor_snp_is_a_warning_pinned_is_affirming(milan: VerifiedEvidence) -> None:
+    unpinned = _snp(P(), milan)
+    assert unpinned.ok and unpinned.status == "warning" and unpinned.vector["executables"] == 33
+    pinned = _snp(P(f'[snp]\nhash = ["{milan.measurement.hex()}"]'), milan)
+    assert pinned.ok and pinned.status == "affirming"
+    assert pinned.vector["hardware"] == 2 and pinned.vector["runtime-opaque"] == 2
+
+
+def test_workload_rules(milan: VerifiedEvidence) -> None:
+    pol = P(f'[workload]\nallow = ["{WL}"]')
+    good = _snp(pol, milan, workload=WL)
+    assert good.ok and good.vector["file-system"] == 2
+    bad = _snp(pol, milan, workload=WL2)
+    assert _rules(bad) == ["workload.allow"]
+    assert bad.failed[0].expected == [WL] and bad.failed[0].actual == WL2
+    assert _rules(_snp(pol, milan, workload=None, bound=False)) == ["workload.bound"]
+    assert _snp(P(), milan, workload=None, bound=False).ok
+
+
+# --- SGX and TDX ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sgx() -> VerifiedEvidence:
+    return load_dcap("sgx", "zkdcap-sgx-v3").verify()  # SWHardeningNeeded, 2 advisories
+
+
+def test_sgx_tcb_needs_upstream_to_date_or_allowed_advisories(sgx: VerifiedEvidence) -> None:
+    def run(text: str) -> Any:
+        return appraise(P(text), sgx, kind="sgx", vendor_root=True, workload=None,
+                        workload_bound=True)
+
+    assert _rules(run("")) == ["sgx.tcb_status", "sgx.allowed_advisories"]
+    adv = json.dumps(list(sgx.tcb.advisory_ids))
+    ok = run(f'[sgx]\nsigner = ["{sgx.signer.hex()}"]\nallowed_advisories = {adv}')
+    assert ok.ok and ok.status == "warning" and ok.vector["configuration"] == 32
+    strict = run(f'[sgx]\nhash = ["{"00" * 32}"]\nenclave_security_version = 65535\n'
+                 f'enclave_product_id = 7\nfeatures = []\nmisc_select = []\n'
+                 f'allowed_advisories = {adv}')
+    assert "sgx.hash" in _rules(strict) and "sgx.enclave_security_version" in _rules(strict)
+    assert "sgx.enclave_product_id" in _rules(strict)
+    assert "sgx.features" not in _rules(strict)  # INIT | MODE64BIT only
+    # The same enclave with the provisioning key and EXINFO (appraisal reads these fields).
+    pk = dataclasses.replace(sgx, attributes={**sgx.attributes, "flags": 0x15,
+                                              "misc_select": 1})
+    base = f'[sgx]\nsigner = ["{sgx.signer.hex()}"]\nallowed_advisories = {adv}\n'
+    tight = appraise(P(base + "features = []\nmisc_select = []"), pk, kind="sgx",
+                     vendor_root=True, workload=None, workload_bound=True)
+    assert _rules(tight) == ["sgx.features", "sgx.misc_select"]
+    assert tight.failed[0].actual == ["ProvisioningKey"]
+    loose = appraise(P(base + 'features = ["ProvisioningKey"]\nmisc_select = ["EXINFO"]'), pk,
+                     kind="sgx", vendor_root=True, workload=None, workload_bound=True)
+    assert loose.ok
+    statuses = run(f'[sgx]\nsigner = ["{sgx.signer.hex()}"]\ntcb_statuses = ["UpToDate"]\n'
+                   f'allowed_advisories = {adv}')
+    assert _rules(statuses) == ["sgx.tcb_status"]
+
+
+def test_tdx_pins_mrtd_and_rtmrs() -> None:
+    tdx = load_dcap("tdx", "dcapqvl-tdx-v4").verify()  # UpToDate
+
+    def run(text: str) -> Any:
+        return appraise(P(text), tdx, kind="tdx", vendor_root=True, workload=None,
+                        workload_bound=True)
+
+    assert run("").ok and run("").status == "warning"
+    rt = [r.hex() for r in tdx.rtmrs]
+    pinned = run(f'[tdx]\nhash = ["{tdx.measurement.hex()}"]\nrtmr0 = ["{rt[0]}"]\n'
+                 f'rtmr3 = ["{rt[3]}"]')
+    assert pinned.ok and pinned.status == "affirming"
+    wrong = run(f'[tdx]\nhash = ["{tdx.measurement.hex()}"]\nrtmr1 = ["{"00" * 48}"]')
+    assert _rules(wrong) == ["tdx.rtmr1"]
+
+
+# --- fuzzing --------------------------------------------------------------------------------
+
+_scalar = st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+_value = st.recursive(_scalar, lambda i: st.lists(i, max_size=3) | st.dictionaries(
+    st.sampled_from(["hash", "signer", "abi", "allow", "features", "rtmr0", "min_tcb"]),
+    i, max_size=3), max_leaves=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["allow", "trust_roots", "cert_validity", "sans",
+                                        "workload", "resources", "snp", "sgx", "tdx", "x"]),
+                       _value, max_size=4))
+def test_fuzz_policy_documents_raise_only_config_errors(doc: dict[str, Any]) -> None:
+    with contextlib.suppress(ConfigError):
+        StewardPolicy.load(doc)

@@ -1,0 +1,581 @@
+"""The steward store (enarx.steward.store) on both backends: SQLite and a real PostgreSQL.
+
+Every behaviour runs against both through the ``db_url`` fixture; concurrency is tested with
+real threads and real processes sharing one database.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from enarx.errors import StoreError, UsageError
+from enarx.steward.store import (
+    PostgresStore,
+    Session,
+    SqliteStore,
+    Store,
+    open_store,
+)
+from enarx.steward.store.schema import LATEST_VERSION
+from tests.steward.pg import PgServer, free_port
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/steward.db"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def opener(db_url: str, tmp_path: Path) -> Iterator[Callable[[], Store]]:
+    """``opener()`` opens one more store on the test's database (closed at the end)."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        s = open_store(db_url, tmp_path)
+        opened.append(s)
+        return s
+
+    yield open_one
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(opener: Callable[[], Store]) -> Store:
+    return opener()
+
+
+def _attested_session(store: Store, sid: str = "s1") -> None:
+    store.create_session(sid, "nonce-" + sid, "snp", NOW + 300)
+    assert store.redeem_nonce(sid, "nonce-" + sid, NOW) is not None
+    assert store.set_attested(sid, "ear.jwt", '{"kty":"EC"}', "sha384:aa", "sha384:ev", NOW + 3600)
+
+
+# --- schema migrations ---------------------------------------------------------------------
+
+
+def test_open_applies_migrations_and_reopen_keeps_data(
+    opener: Callable[[], Store], db_url: str
+) -> None:
+    first = opener()
+    assert first.schema_version() == LATEST_VERSION
+    first.put_resource("repo/key/one", b"kept")
+    first.close()
+    again = opener()
+    assert again.schema_version() == LATEST_VERSION
+    assert again.get_resource("repo/key/one") == b"kept"
+    assert _count(db_url, "schema_version") == LATEST_VERSION  # one row per migration
+
+
+def test_open_upgrades_a_version_1_database_in_place(
+    opener: Callable[[], Store], db_url: str
+) -> None:
+    s = opener()
+    s.create_session("old", "n1", "snp", NOW + 60)
+    s.close()
+    # Take the database back to schema version 1 (as an enarx of that version left it).
+    _sql(db_url, "ALTER TABLE sessions DROP COLUMN evidence")
+    _sql(db_url, "DELETE FROM schema_version WHERE version > 1")
+    upgraded = opener()
+    assert upgraded.schema_version() == LATEST_VERSION
+    old = upgraded.redeem_nonce("old", "n1", NOW)  # the old row survived the migration
+    assert old is not None and old.evidence is None
+    assert upgraded.set_attested("old", "t", "{}", None, "d", NOW + 60, evidence=b"cmw")
+    got = upgraded.get_session("old")
+    assert got is not None and got.evidence == b"cmw"
+
+
+def test_concurrent_first_open_by_processes_migrates_once(db_url: str, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "from enarx.steward.store import open_store\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "s = open_store(sys.argv[1], sys.argv[3]); print(s.schema_version()); s.close()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, db_url, str(go), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(1.0)  # let all of them reach the barrier (interpreter start-up)
+    go.touch()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        assert out.decode().strip() == str(LATEST_VERSION)
+    assert _count(db_url, "schema_version") == LATEST_VERSION
+
+
+def test_database_newer_than_this_enarx_is_refused(
+    opener: Callable[[], Store], db_url: str
+) -> None:
+    opener().close()
+    _sql(db_url, "INSERT INTO schema_version (version, applied_at) VALUES (999, 0)")
+    with pytest.raises(StoreError) as ei:
+        opener()
+    assert "schema version 999" in ei.value.message
+    assert ei.value.hint and "newer enarx" in ei.value.hint
+
+
+# --- nonces and sessions -------------------------------------------------------------------
+
+
+def test_nonce_redeems_once(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    got = store.redeem_nonce("s1", "n1", NOW)
+    assert isinstance(got, Session)
+    assert (got.id, got.nonce, got.tee, got.used, got.attested) == ("s1", "n1", "snp", True, False)
+    assert store.redeem_nonce("s1", "n1", NOW) is None  # replay
+    session = store.get_session("s1")
+    assert session is not None and session.used
+
+
+def test_wrong_nonce_is_refused_and_does_not_spend_the_session(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    assert store.redeem_nonce("s1", "n2", NOW) is None
+    assert store.redeem_nonce("s1", "", NOW) is None
+    assert store.redeem_nonce("s1", "n1", NOW) is not None
+
+
+def test_expired_or_unknown_nonce_is_refused(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    assert store.redeem_nonce("s1", "n1", NOW + 60) is None  # expiry is exclusive
+    assert store.redeem_nonce("nope", "n1", NOW) is None
+    assert store.get_session("nope") is None
+    session = store.get_session("s1")
+    assert session is not None and not session.used
+
+
+def test_times_accept_aware_datetimes_and_refuse_naive(store: Store) -> None:
+    t = datetime.fromtimestamp(NOW, UTC)
+    store.create_session("s1", "n1", "snp", t + timedelta(seconds=60))
+    assert store.redeem_nonce("s1", "n1", t + timedelta(seconds=61)) is None
+    assert store.redeem_nonce("s1", "n1", t) is not None
+    with pytest.raises(ValueError, match="naive"):
+        store.create_session("s2", "n2", "snp", datetime(2030, 1, 1))
+
+
+def test_duplicate_session_id_is_a_typed_error(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    with pytest.raises(StoreError, match="exists already"):
+        store.create_session("s1", "n2", "snp", NOW + 60)
+    assert store.redeem_nonce("s1", "n1", NOW) is not None  # the first one is intact
+
+
+def test_concurrent_redemption_from_threads_succeeds_once(opener: Callable[[], Store]) -> None:
+    stores = [opener(), opener()]  # two "replicas", each with its connection pool
+    stores[0].create_session("s1", "n1", "snp", NOW + 60)
+    n = 16
+    barrier = threading.Barrier(n)
+    results: list[Session | None] = []
+    errors: list[BaseException] = []
+
+    def redeem(i: int) -> None:
+        try:
+            barrier.wait(10)
+            results.append(stores[i % 2].redeem_nonce("s1", "n1", NOW))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=redeem, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert len(results) == n
+    assert sum(r is not None for r in results) == 1
+
+
+def test_concurrent_redemption_from_processes_succeeds_once(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    go = tmp_path / "go"
+    code = (
+        "import os, sys, time\n"
+        "from enarx.steward.store import open_store\n"
+        "s = open_store(sys.argv[1], sys.argv[3])\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        f"print('won' if s.redeem_nonce('s1', 'n1', {NOW}) else 'lost'); s.close()\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, db_url, str(go), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(1.5)
+    go.touch()
+    outcomes = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+        outcomes.append(out.decode().strip())
+    assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
+
+
+def test_set_attested_needs_a_redeemed_session_and_happens_once(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    assert not store.set_attested("s1", "t", "{}", None, "d", NOW + 3600)  # not redeemed yet
+    assert not store.set_attested("other", "t", "{}", None, "d", NOW + 3600)
+    store.redeem_nonce("s1", "n1", NOW)
+    cmw = b"\x83\x00cmw bytes\xff"
+    assert store.set_attested(
+        "s1", "tok", '{"kty":"EC"}', "sha384:ab", "sha384:cd", NOW + 3600, evidence=cmw
+    )
+    assert not store.set_attested("s1", "tok2", "{}", None, "d", NOW + 3600, evidence=b"other")
+    s = store.get_session("s1")
+    assert s is not None and s.attested
+    assert (s.token, s.tee_pubkey, s.workload, s.evidence_digest, s.attested_expires_at) == (
+        "tok",
+        '{"kty":"EC"}',
+        "sha384:ab",
+        "sha384:cd",
+        NOW + 3600,
+    )
+    assert s.evidence == cmw
+    store.create_session("s2", "n2", "snp", NOW + 60)
+    s2 = store.get_session("s2")
+    assert s2 is not None and s2.evidence is None  # nothing attested, nothing recorded
+
+
+def test_purge_removes_only_fully_expired_sessions(store: Store) -> None:
+    store.create_session("old", "n", "snp", NOW - 10)
+    store.create_session("live", "n", "snp", NOW + 10)
+    _attested_session(store, "attested")  # challenge NOW+300, result NOW+3600
+    assert store.purge_expired(NOW + 301) == 2
+    assert store.get_session("attested") is not None
+    assert store.purge_expired(NOW + 3601) == 1
+    assert store.get_session("attested") is None
+
+
+# --- issuance records ----------------------------------------------------------------------
+
+
+def test_issuance_is_recorded_and_listed_in_time_order(store: Store) -> None:
+    store.record_issuance("02", NOW + 1, "sha384:e2", None, "warning", "sha256:p", "sim", "kbs")
+    store.record_issuance("01", NOW, "sha384:e1", "sha384:w", "affirming", "sha256:p", "snp", "csr")
+    got = store.list_issuances()
+    assert [(i.serial, i.issued_at, i.workload, i.ear_status, i.platform, i.kind) for i in got] == [
+        ("01", NOW, "sha384:w", "affirming", "snp", "csr"),
+        ("02", NOW + 1, None, "warning", "sim", "kbs"),
+    ]
+    assert [i.serial for i in store.list_issuances(limit=1)] == ["01"]
+
+
+def test_one_certificate_per_session(store: Store) -> None:
+    store.create_session("fresh", "n", "snp", NOW + 60)
+    assert not store.record_issuance(
+        "aa", NOW, "d", None, "affirming", "p", "snp", "kbs", session_id="fresh"
+    )  # not attested: refused, nothing recorded
+    _attested_session(store)
+    assert store.record_issuance(
+        "bb", NOW, "d", None, "affirming", "p", "snp", "kbs", session_id="s1"
+    )
+    assert not store.record_issuance(
+        "cc", NOW, "d", None, "affirming", "p", "snp", "kbs", session_id="s1"
+    )
+    assert [i.serial for i in store.list_issuances()] == ["bb"]
+    s = store.get_session("s1")
+    assert s is not None and s.issued_serial == "bb"
+
+
+def test_failed_issuance_leaves_nothing_half_written(store: Store) -> None:
+    _attested_session(store)
+    store.record_issuance("dup", NOW, "d", None, "affirming", "p", "snp", "csr")
+    with pytest.raises(StoreError, match="serial dup"):
+        store.record_issuance(
+            "dup", NOW, "d2", None, "affirming", "p", "snp", "kbs", session_id="s1"
+        )
+    s = store.get_session("s1")
+    assert s is not None and s.issued_serial is None  # the claim was rolled back with it
+    assert [(i.serial, i.evidence_digest) for i in store.list_issuances()] == [("dup", "d")]
+    # ... so the session can still get its certificate.
+    assert store.record_issuance(
+        "new", NOW, "d", None, "affirming", "p", "snp", "kbs", session_id="s1"
+    )
+
+
+# --- resources and secrets -----------------------------------------------------------------
+
+
+def test_resources_put_get_overwrite_delete(store: Store) -> None:
+    blob = bytes(range(256)) * 4096  # 1 MiB with NUL bytes
+    store.put_resource("repo/type/tag", blob)
+    assert store.get_resource("repo/type/tag") == blob
+    store.put_resource("repo/type/tag", b"v2")
+    assert store.get_resource("repo/type/tag") == b"v2"
+    assert store.get_resource("repo/type/other") is None
+    assert store.delete_resource("repo/type/tag")
+    assert not store.delete_resource("repo/type/tag")
+    assert store.get_resource("repo/type/tag") is None
+
+
+def test_secret_is_created_once_and_factory_not_called_again(store: Store) -> None:
+    calls: list[int] = []
+
+    def factory() -> bytes:
+        calls.append(1)
+        return b"key-%d" % len(calls)
+
+    assert store.get_or_create_secret("ca-key", factory) == b"key-1"
+    assert store.get_or_create_secret("ca-key", factory) == b"key-1"
+    assert calls == [1]
+    assert store.get_or_create_secret("ear-key", factory) == b"key-2"
+
+
+def test_replicas_racing_for_a_secret_agree(opener: Callable[[], Store]) -> None:
+    replicas = [opener() for _ in range(4)]
+    barrier = threading.Barrier(8)
+    got: list[bytes] = []
+
+    def race(i: int) -> None:
+        barrier.wait(10)
+        got.append(replicas[i % 4].get_or_create_secret("ca-key", lambda: os.urandom(32)))
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(got) == 8 and len(set(got)) == 1
+
+
+def test_secret_factory_must_return_bytes(store: Store) -> None:
+    with pytest.raises(TypeError, match="non-empty bytes"):
+        store.get_or_create_secret("k", lambda: b"")
+    assert store.get_or_create_secret("k", lambda: b"real") == b"real"
+
+
+def test_many_threads_share_one_store(store: Store) -> None:
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for j in range(10):
+                sid = f"s{i}-{j}"
+                store.create_session(sid, "n", "snp", NOW + 60)
+                assert store.redeem_nonce(sid, "n", NOW) is not None
+                store.put_resource(f"r/{i}/{j}", b"x")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert all(store.get_resource(f"r/{i}/9") == b"x" for i in range(12))
+
+
+def test_closed_store_refuses_use(opener: Callable[[], Store]) -> None:
+    s = opener()
+    s.close()
+    with pytest.raises(StoreError, match="closed"):
+        s.get_resource("a")
+
+
+# --- SQLite specifics ----------------------------------------------------------------------
+
+
+def test_default_store_is_a_private_sqlite_file_in_wal_mode(tmp_path: Path) -> None:
+    state = tmp_path / "state" / "steward"
+    s = open_store(None, state)
+    try:
+        assert isinstance(s, SqliteStore)
+        s.put_resource("a/b/c", b"x")  # leaves the WAL file in place while open
+        assert stat.S_IMODE(state.stat().st_mode) == 0o700
+        files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir()}
+        assert files["steward.db"] == 0o600
+        assert files["steward.db-wal"] == 0o600
+        assert files["steward.db-shm"] == 0o600
+        with sqlite3.connect(state / "steward.db") as c:
+            assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        s.close()
+
+
+def test_existing_world_readable_db_file_is_made_private(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    db.touch(mode=0o644)
+    os.chmod(db, 0o644)
+    open_store(f"sqlite://{db}", tmp_path).close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_busy_sqlite_waits_for_the_lock_then_times_out_typed(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    SqliteStore(db).close()
+    holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+    try:
+        s = SqliteStore(db, busy_timeout=0.2)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StoreError) as ei:
+                s.put_resource("a", b"x")
+            assert time.monotonic() - t0 >= 0.15  # it waited for the lock first
+            assert "locked" in ei.value.message and ei.value.hint
+            threading.Timer(0.3, lambda: holder.execute("COMMIT")).start()
+            s2 = SqliteStore(db, busy_timeout=10)
+            s2.put_resource("a", b"y")  # waits until the holder commits
+            assert s2.get_resource("a") == b"y"
+            s2.close()
+        finally:
+            s.close()
+    finally:
+        holder.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mysql://u@h/db", "sqlite://host/x.db", "sqlite:", "sqlite:///x.db?mode=ro", "steward.db"],
+)
+def test_bad_database_urls_are_usage_errors(url: str, tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as ei:
+        open_store(url, tmp_path)
+    assert ei.value.exit_code == 2 and ei.value.hint and "postgresql://" in ei.value.hint
+
+
+def test_sqlite_in_a_missing_directory_is_a_typed_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as ei:
+        open_store(f"sqlite://{tmp_path}/no/such/dir/s.db", tmp_path)
+    assert "no/such/dir" in ei.value.message and ei.value.hint
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a directory another user owns")
+def test_state_dir_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "theirs"
+    state.mkdir(mode=0o777)
+    os.chown(state, 65534, 65534)  # nobody: they could swap the database file
+    with pytest.raises(StoreError) as ei:
+        open_store(None, state)
+    assert "another user" in ei.value.message and "--state-dir" in str(ei.value.hint)
+    assert not (state / "steward.db").exists()
+
+
+# --- PostgreSQL specifics ------------------------------------------------------------------
+
+
+def test_unreachable_postgres_is_a_typed_error_without_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://steward:s3cret-pw@127.0.0.1:{free_port()}/db"
+    with pytest.raises(StoreError) as ei:
+        open_store(url, tmp_path)
+    err = ei.value
+    assert "cannot connect to PostgreSQL" in err.message and err.hint
+    assert "s3cret-pw" not in err.message and "s3cret-pw" not in str(err.hint)
+    assert "steward:***@127.0.0.1" in err.message
+
+
+def test_missing_postgres_database_is_a_typed_error(postgres: PgServer, tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as ei:
+        open_store(postgres.url("no_such_db"), tmp_path)
+    assert "no_such_db" in ei.value.message and ei.value.hint
+
+
+def test_malformed_postgres_url_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as ei:
+        open_store("postgresql://u:pw@127.0.0.1:notaport/db", tmp_path)
+    assert "pw@" not in ei.value.message
+
+
+def test_postgres_store_survives_its_connections_being_killed(
+    pg_url: str, postgres: PgServer
+) -> None:
+    s = PostgresStore(pg_url)
+    try:
+        s.put_resource("a", b"1")
+        _sql(
+            postgres.url(),
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'enarx-steward'",
+        )
+        _wait_no_steward_backends(postgres.url())
+        # The pooled connection is dead; the store notices before using it (the server's
+        # goodbye is waiting on its socket) and takes a new one, so the caller sees no error.
+        s.put_resource("a", b"2")
+        assert s.get_resource("a") == b"2"
+    finally:
+        s.close()
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _wait_no_steward_backends(url: str) -> None:
+    deadline = time.monotonic() + 10
+    with psycopg.connect(url, autocommit=True) as c:
+        while time.monotonic() < deadline:
+            row = c.execute(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'enarx-steward'"
+            ).fetchone()
+            if row is not None and row[0] == 0:
+                return
+            time.sleep(0.01)
+    raise AssertionError("terminated backends did not go away")
+
+
+def _sql(url: str, sql: str) -> None:
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite://")) as c:
+            c.execute(sql)
+    else:
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(sql)
+
+
+def _count(url: str, table: str) -> int:
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite://")) as c:
+            return int(c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+    with psycopg.connect(url) as c:
+        row = c.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_sqlite_stores_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # Switching a new file to WAL mode can return SQLITE_BUSY at once (no busy wait) when
+    # several connections race; opening retries that within the busy timeout.
+    errors: list[BaseException] = []
+
+    def open_one(db: Path, barrier: threading.Barrier) -> None:
+        barrier.wait(10)
+        try:
+            SqliteStore(db).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    for round_ in range(100):
+        db = tmp_path / f"r{round_}.db"
+        barrier = threading.Barrier(6)
+        threads = [threading.Thread(target=open_one, args=(db, barrier)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[0]
