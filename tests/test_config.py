@@ -258,3 +258,13 @@ def test_good_host_names_pass(host: str) -> None:
     name = '\nname = "n"' if ":" in host else ""
     c = config.loads(f'[[files]]\nkind = "connect"\nport = 1\nhost = "{host}"{name}\n')
     assert c.files is not None and c.files[0].host == host  # type: ignore[union-attr]
+
+
+def test_steward_and_steward_ca_keys() -> None:
+    c = config.loads('steward = "https://steward.example:3000"\nsteward_ca = "ca.pem"\n')
+    assert (c.steward, c.steward_ca) == ("https://steward.example:3000", "ca.pem")
+    for bad in ("http://steward.example", "steward.example", "https://", "https://x:99999"):
+        with pytest.raises(ConfigError) as e:
+            config.loads(f'steward = "{bad}"\n', path="Enarx.toml")
+        assert e.value.key == "steward" and e.value.line == 1
+        assert "must be an https:// URL" in e.value.message

@@ -241,6 +241,23 @@ class Config(_Strict):
     files: list[File] | None = None
     limits: Limits = Field(default_factory=Limits)
 
+    @field_validator("steward")
+    @classmethod
+    def _steward(cls, v: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if v is not None:
+            try:
+                parts = urlsplit(v)
+                ok = parts.scheme == "https" and bool(parts.hostname)
+                _ = parts.port  # ValueError for a port out of range
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("must be an https:// URL, e.g. "
+                                 '"https://steward.example.com:3000"')
+        return v
+
     @property
     def effective_files(self) -> list[Any]:
         """With no ``files`` the guest gets stdin, stdout and stderr, as upstream."""

@@ -90,3 +90,21 @@ def test_bad_input_is_exit_2_with_a_hint(enarx: RunEnarx, module: Path, tmp_path
     assert proc.returncode == 2, err
     assert fragment in err and "hint:" in err and "Traceback" not in err
     assert proc.stdout == b""
+
+
+def test_run_only_options_are_accepted_and_do_not_count(enarx: RunEnarx, module: Path,
+                                                        tmp_path: Path) -> None:
+    # `enarx run`'s other options, after MODULE (upstream's order) or before it, are read as
+    # options by both commands, never passed to the guest: the identity is unchanged.
+    want = identity_of(WAT, None, extra_args=["x"])
+    ca = tmp_path / "ca.pem"
+    ca.write_text("unused")
+    after = enarx("identity", module, "--backend", "nil", "--timeout", "5", "--no-cache",
+                  "--max-memory", "64M", "x")
+    assert after.returncode == 0, after.stderr
+    assert out(after) == want
+    before = enarx("identity", "--fuel", "100", "--steward", "https://127.0.0.1:1",
+                   "--steward-ca", ca, module, "x")
+    assert before.returncode == 0, before.stderr
+    assert out(before) == want
+    assert "--backend" not in enarx("identity", "--help").stdout.decode()

@@ -4,12 +4,13 @@ certificate can be wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import rfc8785
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from enarx.client import KeepReport, verify_keep
+from enarx.client import KeepReport, verify_certificate, verify_keep
 from enarx.errors import AttestationError, ChainInvalid, ResourceError
 from enarx.keep.attest import tee_pubkey_jwk
 from enarx.platform.sim import SimBackend
@@ -74,8 +77,11 @@ def keep_cert(ca: StewardCA, sim: SimBackend, *, workload: str | None = WORKLOAD
     return key, leaf
 
 
+Serve = Callable[[ec.EllipticCurvePrivateKey, x509.Certificate, Path], "Served"]
+
+
 @pytest.fixture
-def serve(ca: StewardCA) -> Iterator[callable]:  # type: ignore[valid-type]
+def serve(ca: StewardCA) -> Iterator[Serve]:
     servers: list[tuple[socket.socket, threading.Thread]] = []
 
     def start(key: ec.EllipticCurvePrivateKey, leaf: x509.Certificate, tmp: Path) -> Served:
@@ -107,12 +113,14 @@ def serve(ca: StewardCA) -> Iterator[callable]:  # type: ignore[valid-type]
 
     yield start
     for ls, t in servers:
+        with contextlib.suppress(OSError):
+            ls.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         ls.close()
         t.join(5)
 
 
 def test_a_genuine_keep_certificate_verifies_and_reports_what_was_attested(
-    ca: StewardCA, sim: SimBackend, serve, tmp_path: Path,  # type: ignore[no-untyped-def]
+    ca: StewardCA, sim: SimBackend, serve: Serve, tmp_path: Path,
 ) -> None:
     srv = serve(*keep_cert(ca, sim), tmp_path)
     report = verify_keep(srv.host, srv.port, ca.cert_pem, WORKLOAD,
@@ -133,7 +141,7 @@ def test_a_genuine_keep_certificate_verifies_and_reports_what_was_attested(
     ({"evidence": False}, "keep.evidence"),
 ])
 def test_a_certificate_that_does_not_prove_itself_is_refused(
-    kw: dict[str, bool | str], check: str, ca: StewardCA, sim: SimBackend, serve,  # type: ignore[no-untyped-def]
+    kw: dict[str, bool | str], check: str, ca: StewardCA, sim: SimBackend, serve: Serve,
     tmp_path: Path,
 ) -> None:
     srv = serve(*keep_cert(ca, sim, **kw), tmp_path)  # type: ignore[arg-type]
@@ -144,7 +152,7 @@ def test_a_certificate_that_does_not_prove_itself_is_refused(
 
 
 def test_another_workload_another_ca_or_an_untrusted_root_fail(
-    ca: StewardCA, sim: SimBackend, serve, tmp_path: Path,  # type: ignore[no-untyped-def]
+    ca: StewardCA, sim: SimBackend, serve: Serve, tmp_path: Path,
 ) -> None:
     srv = serve(*keep_cert(ca, sim), tmp_path)
     with pytest.raises(AttestationError) as e:
@@ -166,7 +174,7 @@ def test_nothing_listening_is_a_resource_error() -> None:
 
 
 def test_cli_prints_json_and_exits_0_or_4(
-    enarx: RunEnarx, ca: StewardCA, sim: SimBackend, serve, tmp_path: Path,  # type: ignore[no-untyped-def]
+    enarx: RunEnarx, ca: StewardCA, sim: SimBackend, serve: Serve, tmp_path: Path,
 ) -> None:
     srv = serve(*keep_cert(ca, sim), tmp_path)
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
@@ -188,3 +196,15 @@ def test_cli_prints_json_and_exits_0_or_4(
     assert r.returncode == 2 and json.loads(r.stdout)["error"]["type"] == "UsageError"
     r = enarx("verify-keep", "no-port", "--ca", tmp_path / "ca.pem")
     assert r.returncode == 2 and b"is not HOST:PORT" in r.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(blob=st.binary(max_size=400))
+def test_any_certificate_bytes_give_a_typed_error(blob: bytes) -> None:
+    from enarx.errors import EnarxError
+
+    with pytest.raises(EnarxError):
+        verify_certificate(blob, _CA.cert_pem)
+
+
+_CA = StewardCA.create("fuzz CA")

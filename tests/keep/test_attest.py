@@ -14,8 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enarx.errors import ChainInvalid, UsageError
 from enarx.keep import attest
@@ -184,9 +187,10 @@ def test_issued_certificate_serves_tls_listeners_and_the_key_is_never_written(
     from tests.net.netkeep import _FP_RE, _LISTEN_RE, _Lines
 
     cfg = tmp_path / "Enarx.toml"
-    cfg.write_text(toml(listen("web", "tls")))
+    # 127.0.0.2: the Keep asks for its listener's address besides localhost/127.0.0.1/::1.
+    cfg.write_text(toml(listen("web", "tls", addr="127.0.0.2")))
     wasm = guest("net_poll.c")
-    before = _files(home)
+    before = _files(home) | _files(module_cache)
     proc = subprocess.Popen(
         [str(ENARX), "run", "--backend", "sim", "--steward", stub.url, "--steward-ca",
          str(stub.ca_file), "--wasmcfgfile", str(cfg), str(wasm), "1"],
@@ -203,7 +207,7 @@ def test_issued_certificate_serves_tls_listeners_and_the_key_is_never_written(
         assert fp and "(issued to this Keep)" in fp.string, err.text
         r = subprocess.run(
             [need_tool("curl"), "--silent", "--show-error", "--http0.9", "--cacert",
-             str(stub.ca_file), f"https://127.0.0.1:{port}/"],
+             str(stub.ca_file), f"https://127.0.0.2:{port}/"],
             capture_output=True, timeout=30)  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert r.stdout == b"3:GET / HTTP/1.1\r\n"
@@ -223,9 +227,12 @@ def test_issued_certificate_serves_tls_listeners_and_the_key_is_never_written(
                                                           extra_args=["1"])
     # The key is the attested one-time key: the CSR's key is the tee-pubkey.
     csr = dict(stub.requests)["certificate"]
+    sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(n.value) for n in sans] == [
+        "localhost", "127.0.0.1", "::1", "127.0.0.2"]
     assert attest.tee_pubkey_jwk(csr.public_key()) == att["runtime-data"]["tee-pubkey"]
-    # Nothing the run wrote under HOME (state, cache, config) holds a private key.
-    for path in _files(home) - before:
+    # Nothing the run wrote under HOME (state, config) or in the module cache holds a key.
+    for path in (_files(home) | _files(module_cache)) - before:
         data = path.read_bytes()
         assert b"PRIVATE KEY" not in data and b"\x30\x77\x02\x01\x01\x04\x20" not in data, path
 
@@ -326,3 +333,34 @@ def test_tls_connects_present_the_issued_certificate_as_client_certificate(
     # s_server verified the client's chain: the issued leaf under the steward CA.
     assert "depth=1 CN = stub steward CA\nverify return:1\ndepth=0 CN = enarx keep\n" \
         "verify return:1" in s_out, s_out
+
+
+def test_refusal_text_from_the_steward_cannot_drive_the_terminal() -> None:
+    import json
+
+    body = {"type": "x/PolicyDeny", "detail": "no\x1b[2J",
+            "failed": [{"rule": "allow\x07", "message": "m\r\nforged line", "expected": [],
+                        "actual": "sim\x1b]0;t\x07"}]}
+    err = attest._refusal("https://s/kbs/v0/attest", 401, json.dumps(body).encode())
+    assert isinstance(err, attest.AttestationRefused) and err.exit_code == 4
+    assert "\x1b" not in err.message and "\x07" not in err.message and "\r" not in err.message
+    assert err.message.count("\n") == 1  # one header line and one line per failed rule
+    assert "  - allow?: m??forged line (expected [], got 'sim\\x1b]0;t\\x07')" in err.message
+    other = attest._refusal("https://s/x", 502, b"\x1b[31mbad gateway")
+    assert isinstance(other, attest.StewardUnavailable) and "\x1b" not in other.message
+
+
+_KEY = ec.generate_private_key(ec.SECP256R1())
+_CA_PEM = StewardCA.create().cert_pem
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=600),
+                      st.binary(max_size=600).map(lambda b: b"\x30\x82\x01\x00" + b)),
+       status=st.integers(400, 599))
+def test_any_steward_answer_is_a_typed_error(data: bytes, status: int) -> None:
+    from enarx.errors import EnarxError
+
+    with pytest.raises((attest.StewardUnavailable, ChainInvalid)):
+        attest._check_chain("application/octet-stream", data, _KEY, _CA_PEM)
+    assert isinstance(attest._refusal("https://s/x", status, data), EnarxError)

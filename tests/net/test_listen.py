@@ -2,18 +2,26 @@
 
 Reproduces upstream Enarx's listen_tcp / listen_tls scenarios (blocking -> explicitly
 blocking -> non-blocking accept on the same listener, and the same three modes on every
-stream), with Python clients on 127.0.0.1 and ::1.
+stream), with Python clients on 127.0.0.1 and ::1. In process: ``sock_accept``/``sock_recv`` called with
+raw arguments (tests.wasi.rawguest) and the TLS stream's gathering write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import ssl
+import threading
 
 import pytest
 
+from enarx.keep import tls
+from enarx.wasi.abi import Errno
+from enarx.wasi.fdtable import FdTable
+from enarx.wasi.sockets import TcpListener, TcpStream, TlsStream
 from tests.net.netkeep import StartKeep, guest, listen, recv_all, toml
+from tests.wasi.rawguest import Guest, MiB, host_peak
 
 
 def peer_scenario(s: socket.socket) -> None:
@@ -162,3 +170,85 @@ def test_port_in_use_is_a_clear_error(enarx, tmp_path) -> None:  # type: ignore[
     err = r.stderr.decode()
     assert f"files[3] (web): cannot listen on 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+# --- sock_accept / sock_recv called directly with raw arguments ----------------------------
+
+
+def test_sock_accept_into_a_full_table_refuses_and_closes_the_connection() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    table = FdTable(limit=1)
+    table.add(TcpListener(server))
+    g = Guest("sock_accept", fds=table)
+    with socket.create_connection(server.getsockname()) as client:
+        client.settimeout(30)  # a guard against a hang, not a timing assertion
+        assert g(0, 0, 100) == Errno.MFILE
+        assert client.recv(1) == b""  # the Keep closed it: no fd leaked
+    assert len(table) == 1
+    table.close_all()
+
+
+def test_sock_recv_peek_with_no_buffers_answers_zero() -> None:
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b"hello")
+        g = Guest("sock_recv", handles=[TcpStream(a)])
+        assert g(0, 0, 0, 1, 100, 104) == 0  # RECV_PEEK, zero iovecs
+        assert g.u32(100) == 0
+        g.fds.close_all()
+
+
+# --- TLS streams: a gathering write (in process) -------------------------------------------
+
+
+def _tls_client(port: int, got: list[str]) -> None:
+    """Reads to EOF and keeps only a digest: tracemalloc sees this thread too."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # this test is about data, not identity
+    digest = hashlib.sha256()
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        raw.settimeout(30)  # a guard against a hang, not a timing assertion
+        with ctx.wrap_socket(raw) as s:
+            while chunk := s.recv(1 << 16):
+                digest.update(chunk)
+    got.append(digest.hexdigest())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tls_accept() -> tuple[TcpListener, TlsStream, threading.Thread, list[str]]:
+    server = socket.create_server(("127.0.0.1", 0))
+    listener = TcpListener(server, tls.server_context("test", tls.self_signed()))
+    got: list[str] = []
+    client = threading.Thread(
+        target=_tls_client, args=(server.getsockname()[1], got), daemon=True
+    )
+    client.start()
+    stream = listener.sock_accept(0)
+    assert isinstance(stream, TlsStream)
+    return listener, stream, client, got
+
+
+def test_tls_gather_write_of_large_buffers_is_not_joined_into_one_copy() -> None:
+    listener, stream, client, got = _tls_accept()
+    a, b = bytearray(b"a" * 16 * MiB), bytearray(b"b" * 16 * MiB)
+    n, peak = host_peak(lambda: stream.write([memoryview(a), memoryview(b)]))
+    stream.close()
+    client.join()
+    listener.close()
+    assert n == 32 * MiB
+    assert got == [_sha(bytes(a) + bytes(b))]
+    assert peak < 8 * MiB  # a joined copy would hold 32 MiB
+
+
+def test_tls_small_gather_still_arrives_in_order() -> None:
+    listener, stream, client, got = _tls_accept()
+    parts = [memoryview(b"head "), memoryview(b""), memoryview(b"body")]
+    assert stream.write(parts) == 9
+    stream.close()
+    client.join()
+    listener.close()
+    assert got == [_sha(b"head body")]

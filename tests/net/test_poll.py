@@ -3,6 +3,9 @@
 The TLS client's line arrives in one record but the guest reads it 4 bytes at a time with a
 poll before each read: the rest sits decrypted inside the Keep while the socket is quiet, so
 this fails (the guest's poll times out) unless poll counts that buffered plaintext.
+
+In process: poll_oneoff with raw subscriptions on one socket fd (a clock of UINT64_MAX ns,
+read and write interest on the same fd).
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from __future__ import annotations
 import socket
 import threading
 
+from enarx.wasi.sockets import TcpStream
 from tests.net.netkeep import IO_TIMEOUT, StartKeep, guest, listen, pinning_context, toml
+from tests.wasi.rawguest import Guest, events, sub_clock, sub_fd
 
 
 def test_poll_loop_over_two_listeners(start_keep: StartKeep) -> None:
@@ -57,3 +62,29 @@ def test_poll_loop_over_two_listeners(start_keep: StartKeep) -> None:
     # The plaintext warning: once for the tcp entry, never for the tls one.
     assert err.count("plaintext tcp") == 1
     assert "warning: files[3] (plain): plaintext tcp" in err
+
+
+# --- poll_oneoff on one socket fd, called directly with raw subscriptions -----------------
+
+
+def test_poll_with_a_forever_clock_still_reports_a_ready_socket() -> None:
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b"x")
+        g = Guest("poll_oneoff", handles=[TcpStream(a)])
+        g.write(0, sub_clock(1, 2**64 - 1) + sub_fd(2, 1, 0))  # UINT64_MAX ns, fd_read
+        assert g(0, 1024, 2, 2048) == 0
+        assert g.u32(2048) == 1
+        assert events(g, 1024, 1) == [(2, 0, 1)]
+        g.fds.close_all()
+
+
+def test_poll_for_read_and_write_on_one_socket_reports_both() -> None:
+    a, b = socket.socketpair()
+    with b:
+        b.sendall(b"x")
+        g = Guest("poll_oneoff", handles=[TcpStream(a)])
+        g.write(0, sub_fd(7, 1, 0) + sub_fd(8, 2, 0))  # libc poll(POLLIN|POLLOUT)
+        assert g(0, 1024, 2, 2048) == 0
+        assert sorted(events(g, 1024, g.u32(2048))) == [(7, 0, 1), (8, 0, 2)]
+        g.fds.close_all()

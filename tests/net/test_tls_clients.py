@@ -63,6 +63,29 @@ def test_openssl_s_client_sees_tls13_and_the_pinned_certificate(start_keep: Star
     assert rc == 0, gout + err
 
 
+def test_guest_close_sends_close_notify(start_keep: StartKeep) -> None:
+    """A guest that just closes its connection ends TLS with close_notify, so clients can
+    tell the end of the stream from a truncation (openssl s_client then exits 0)."""
+    keep = two_listeners(start_keep, 2)
+    host, port = keep.addr("web")
+    ctx = pinning_context()
+    with ctx.wrap_socket(socket.create_connection((host, port), timeout=IO_TIMEOUT),
+                         suppress_ragged_eofs=False) as s:
+        s.sendall(b"bye\n")
+        data = b""
+        while chunk := s.recv(64):  # SSLEOFError here = closed without close_notify
+            data += chunk
+    assert data == b"3:bye\n"
+    r = subprocess.run(
+        [need_tool("openssl"), "s_client", "-connect", f"{host}:{port}", "-ign_eof"],
+        input=b"again\n", capture_output=True, timeout=IO_TIMEOUT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert b"3:again" in r.stdout
+    rc, out, err = keep.finish()
+    assert rc == 0, out + err
+
+
 def test_openssl_s_client_tls12_is_refused(start_keep: StartKeep) -> None:
     keep = two_listeners(start_keep, 2)
     host, port = keep.addr("web")

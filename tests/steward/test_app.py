@@ -453,3 +453,63 @@ def test_database_outage_is_503_not_500(env: Env) -> None:
     body = _error(env.client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "snp"}),
                   503, "StoreUnavailable")
     assert "hint" in body
+
+
+def test_debug_guest_needs_allow_debug(make_env: Any, sim: SimBackend, ark: Path,
+                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    from enarx.platform.sim import DEFAULT_POLICY
+
+    debug_sim = SimBackend(sim_state(tmp_path_factory), policy=DEFAULT_POLICY | 1 << 19)
+    env = make_env(policy_text(ark))
+    body = _error(env.attest(attest_body(debug_sim, env.auth(), new_key())), 401)
+    assert "debug" in [f["rule"] for f in body["failed"]], body
+    env = make_env(policy_text(ark, allow=["sim", "debug"]))
+    assert env.attest(attest_body(debug_sim, env.auth(), new_key())).status_code == 200
+
+
+def test_expired_ca_is_503_not_a_certificate(make_env: Any, sim: SimBackend) -> None:
+    import datetime as dt
+
+    env = make_env()
+    key = new_key()
+    assert env.attest(attest_body(sim, env.auth(), key)).status_code == 200
+    env.steward.ca = StewardCA.create("old", now=dt.datetime.now(dt.UTC)
+                                      - dt.timedelta(days=4000))
+    _error(env.certificate(csr_der(key)), 503, "ServiceMisconfigured")
+    assert env.steward.store.list_issuances() == []
+
+
+def test_client_gone_mid_body_is_a_typed_400(env: Env) -> None:
+    import anyio
+
+    app = env.client.client._transport.app  # type: ignore[attr-defined]
+    messages = iter([{"type": "http.request", "body": b'{"version"', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "https", "path": "/kbs/v0/auth", "raw_path": b"",
+             "root_path": "", "query_string": b"", "server": ("testserver", 443),
+             "client": ("127.0.0.1", 1), "headers": [(b"content-type", b"application/json")]}
+    anyio.run(app, scope, receive, send)  # a bug would raise here
+    assert sent[0]["status"] == 400
+    assert b"went away" in sent[1]["body"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(token=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1,
+                     max_size=300)
+       | st.lists(st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
+                          max_size=60), min_size=3, max_size=3).map(".".join),
+       tag=st.sampled_from(["db", "..", "a b", "x" * 300]))
+def test_fuzz_resource_bearer(fuzz_client: AsgiClient, token: str, tag: str) -> None:
+    r = fuzz_client.get(f"/kbs/v0/resource/app/key/{tag}",
+                        headers={"authorization": f"Bearer {token}"})
+    assert r.status_code in (401, 404), r.text
+    assert r.json()["type"].startswith(ERROR_TYPE_PREFIX)

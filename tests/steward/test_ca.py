@@ -278,3 +278,50 @@ def test_expired_or_future_ca_refuses_to_issue() -> None:
         old.issue(key, [], dt.timedelta(hours=1), now=start - dt.timedelta(days=1))
     assert old.issue(key, [], dt.timedelta(hours=1), now=start).not_valid_after_utc == \
         start + dt.timedelta(hours=1)
+
+
+def _pem_files(tmp: Path, name: str, key: ec.EllipticCurvePrivateKey,
+               chain: list[x509.Certificate]) -> tuple[Path, Path]:
+    k, c = tmp / f"{name}.key", tmp / f"{name}.pem"
+    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()))
+    c.write_bytes(b"".join(pem(x) for x in chain))
+    return k, c
+
+
+def test_keep_leaves_work_for_mutual_tls(ca: StewardCA, tmp_path: Path) -> None:
+    """A Keep certificate with its evidence extensions serves TLS, and another Keep's
+    certificate authenticates as a TLS client to it (serverAuth + clientAuth)."""
+    server_key, server_cert = leaf(ca)
+    client_key, client_cert = leaf(ca)
+    sk, sc = _pem_files(tmp_path, "server", server_key, [server_cert, ca.cert])
+    ck, cc = _pem_files(tmp_path, "client", client_key, [client_cert, ca.cert])
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(sc, sk)
+    server_ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    server_ctx.verify_mode = ssl.CERT_REQUIRED
+    seen: list[object] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    seen.append(tls.getpeercert(binary_form=True))
+                    tls.sendall(b"ok")
+            except (ssl.SSLError, OSError) as e:
+                seen.append(e)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        client = ssl.create_default_context(cadata=ca.cert_pem.decode())
+        client.load_cert_chain(cc, ck)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                client.wrap_socket(raw, server_hostname="keep.example.com") as tls:
+            assert tls.recv(2) == b"ok"
+            served = x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+        thread.join(timeout=10)
+    assert find_cmw(served) is not None and find_workload(served) == (True, WORKLOAD)
+    assert seen == [client_cert.public_bytes(serialization.Encoding.DER)]

@@ -10,6 +10,7 @@ import json
 
 import cbor2
 import pytest
+from asn1crypto import core as asn1core
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -66,6 +67,8 @@ def test_cmw_exact_encoding() -> None:
                                       "runtime-data": EVIDENCE.runtime_data}
     assert decode_cmw(value) == EVIDENCE
     assert EVIDENCE.runtime_claims()["nonce"] == "bm9uY2U="
+    # An independent DER reader agrees: one OCTET STRING, nothing around it.
+    assert asn1core.OctetString.load(value, strict=True).native == body
 
 
 @pytest.mark.parametrize("platform", sorted(MEDIA_TYPES))
@@ -135,6 +138,7 @@ def test_runtime_claims_must_be_a_json_object() -> None:
 def test_workload_exact_encoding() -> None:
     assert encode_workload(WORKLOAD) == b"\x0c\x67" + WORKLOAD.encode()
     assert encode_workload(None) == b"\x0c\x07unbound"
+    assert asn1core.UTF8String.load(encode_workload(WORKLOAD), strict=True).native == WORKLOAD
     assert decode_workload(encode_workload(WORKLOAD)) == WORKLOAD
     assert decode_workload(encode_workload(None)) is None
     with pytest.raises(UsageError):

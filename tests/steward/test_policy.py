@@ -18,7 +18,7 @@ from enarx.attestation.result import VerifiedEvidence
 from enarx.attestation.snp import verify_report
 from enarx.errors import ConfigError, PolicyViolation
 from enarx.platform.sim import SimBackend
-from enarx.steward.policy import StewardPolicy, abi_matches, appraise
+from enarx.steward.policy import StewardPolicy, appraise
 from enarx.steward.upstream import parse_upstream_csr, verify_upstream
 from tests.attestation.dcap_support import load_dcap
 from tests.attestation.snp_support import sim_state
@@ -108,20 +108,6 @@ def test_bad_policies_name_the_key(text: str, key: str, needle: str) -> None:
 def test_not_toml_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         StewardPolicy.loads("allow = [")
-
-
-@pytest.mark.parametrize(
-    ("req", "ok", "bad"),
-    [(">=1.51", [(1, 51), (1, 52), (2, 0)], [(1, 50), (0, 99)]),
-     ("1.51", [(1, 51), (1, 99)], [(2, 0), (1, 50)]),
-     ("=1.51", [(1, 51)], [(1, 52)]),
-     ("~1.51", [(1, 51)], [(1, 52)]),
-     (">=1.0, <2", [(1, 0), (1, 99)], [(2, 0)]),
-     ("*", [(0, 0), (9, 9)], [])],
-)
-def test_abi_requirements(req: str, ok: list[tuple[int, int]], bad: list[tuple[int, int]]) -> None:
-    assert all(abi_matches(req, *v) for v in ok)
-    assert not any(abi_matches(req, *v) for v in bad)
 
 
 def test_sans_resources_and_validity() -> None:
@@ -295,3 +281,11 @@ _value = st.recursive(_scalar, lambda i: st.lists(i, max_size=3) | st.dictionari
 def test_fuzz_policy_documents_raise_only_config_errors(doc: dict[str, Any]) -> None:
     with contextlib.suppress(ConfigError):
         StewardPolicy.load(doc)
+
+
+def test_evidence_of_another_platform_than_the_kind_is_refused(milan: VerifiedEvidence) -> None:
+    got = appraise(P('[sgx]\nsigner = ["' + "00" * 32 + '"]'), milan, kind="sgx",
+                   vendor_root=True, workload=None, workload_bound=True)
+    assert _rules(got) == ["platform"]  # and no SGX rule reads SNP fields
+    assert got.failed[0].expected == "sgx" and got.failed[0].actual == "snp"
+    assert _rules(_snp(P('allow = ["nil"]'), milan, "nil", vendor=True)) == ["platform"]

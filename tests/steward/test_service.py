@@ -116,12 +116,24 @@ def test_upstream_bundle(make: Any) -> None:
     assert len(steward.store.list_issuances()) == 2
 
 
-def test_upstream_kvm_csr_needs_allow_kvm(make: Any) -> None:
+def _kvm_csr() -> bytes:
     key = ec.generate_private_key(ec.SECP384R1())
     kvm = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.58270.1.1"), b"")
-    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-           .add_extension(kvm, critical=False).sign(key, hashes.SHA384())
-           .public_bytes(serialization.Encoding.DER))
+    return (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+            .add_extension(kvm, critical=False).sign(key, hashes.SHA384())
+            .public_bytes(serialization.Encoding.DER))
+
+
+def test_bundle_with_one_refused_csr_issues_nothing(make: Any) -> None:
+    steward = make(UPSTREAM_POLICY, evidence_at=CAPTURED)
+    bundle = der_sequence([MILAN.read_bytes(), _kvm_csr()])
+    r = _post(steward, bundle, "application/vnd.steward.pkcs10-bundle.v1")
+    assert r.status_code == 401 and r.json()["failed"][0]["rule"] == "allow.kvm"
+    assert steward.store.list_issuances() == []
+
+
+def test_upstream_kvm_csr_needs_allow_kvm(make: Any) -> None:
+    csr = _kvm_csr()
     steward = make("")
     r = _post(steward, csr)
     # no implicit debug mode: a self-signed steward CA does not make KVM acceptable
@@ -170,3 +182,29 @@ def test_refusal_records_nothing_and_names_every_rule(make: Any,
     assert session is not None and session.token is None
     assert steward.store.list_issuances() == []
     del sim
+
+
+def test_upstream_sgx_csr_without_qe_identity_is_refused_not_500(make: Any) -> None:
+    steward = make(UPSTREAM_POLICY, evidence_at=dt.datetime(2023, 1, 27, tzinfo=dt.UTC))
+    r = _post(steward, (DATA / "icelake.signed.tcb.crl.single.i5.csr").read_bytes())
+    assert r.status_code == 401, r.text
+    assert r.json()["failed"][0]["rule"].startswith("upstream.sgx"), r.text
+    assert steward.store.list_issuances() == []
+
+
+def test_expired_sessions_are_purged_as_auths_arrive(tmp_path: Path) -> None:
+    from tests.steward.kbsflow import Clock
+
+    clock = Clock()
+    store = open_store(None, tmp_path / "s")
+    try:
+        steward = Steward(StewardPolicy.loads(""), StewardCA.create("p"), EarSigner.generate(),
+                          store, [], clock, purge_every=3)
+        old = [steward.auth(b'{"version": "0.4.0", "tee": "snp"}')[0] for _ in range(2)]
+        clock.offset = dt.timedelta(minutes=11)
+        steward.auth(b'{"version": "0.4.0", "tee": "snp"}')  # the 3rd: no purge yet
+        assert all(store.get_session(s) is not None for s in old)
+        steward.auth(b'{"version": "0.4.0", "tee": "snp"}')  # the 4th purges
+        assert all(store.get_session(s) is None for s in old)
+    finally:
+        store.close()

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from enarx.errors import StoreError, UsageError
 from enarx.steward.store import (
@@ -29,6 +31,7 @@ from enarx.steward.store import (
     open_store,
 )
 from enarx.steward.store.schema import LATEST_VERSION
+from tests.cliutil import RunEnarx
 from tests.steward.pg import PgServer, free_port
 
 NOW = 1_800_000_000.0
@@ -399,6 +402,40 @@ def test_closed_store_refuses_use(opener: Callable[[], Store]) -> None:
         s.get_resource("a")
 
 
+# --- arbitrary text from requests ------------------------------------------------------------
+# Session ids (cookies), nonces and paths come from clients. Text no database can hold (NUL,
+# lone surrogates) must be "not found" for lookups and a UsageError (400) for writes, the same
+# on both backends, never a driver error (503) or an uncaught exception (500).
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(key=st.text(max_size=20) | st.sampled_from(["\x00", "a\x00b", "\ud800", "s\udfff"]))
+def test_arbitrary_client_text_never_breaks_the_store(store: Store, key: str) -> None:
+    assert store.get_session(key) is None
+    assert store.redeem_nonce(key, key, NOW) is None
+    assert store.set_attested(key, "t", "{}", None, "d", NOW) is False
+    assert store.get_resource(key) is None
+    assert store.delete_resource(key) is False
+    sid = os.urandom(8).hex()
+    store.create_session(sid, "n", "snp", NOW + 60, now=NOW)
+    assert store.redeem_nonce(sid, key, NOW) is None or key == "n"  # a client's bad nonce
+    assert not store.record_issuance("s", NOW, "d", None, "a", "p", "x", "k", session_id=key)
+    try:
+        store.put_resource("p/" + key, b"v")
+    except UsageError as exc:
+        assert exc.exit_code == 2 and exc.hint
+    else:
+        assert store.get_resource("p/" + key) == b"v"
+    try:
+        store.create_session(sid + "/" + key, key, "snp", NOW + 60)
+    except UsageError as exc:
+        assert exc.exit_code == 2 and exc.hint
+    else:
+        assert store.redeem_nonce(sid + "/" + key, key, NOW) is not None
+
+
 # --- SQLite specifics ----------------------------------------------------------------------
 
 
@@ -521,6 +558,41 @@ def test_postgres_store_survives_its_connections_being_killed(
         assert s.get_resource("a") == b"2"
     finally:
         s.close()
+
+
+# --- through the CLI ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("db", "expect"),
+    [
+        ("postgresql://steward:s3cret-pw@127.0.0.1:{port}/db", b"cannot connect to PostgreSQL"),
+        ("mysql://steward:s3cret-pw@db/x", b"unsupported database URL"),
+        ("sqlite://{tmp}/missing/dir/s.db", b"cannot open the database"),
+    ],
+)
+def test_serve_with_an_unusable_db_fails_cleanly(
+    enarx: RunEnarx, tmp_path: Path, db: str, expect: bytes
+) -> None:
+    policy = tmp_path / "steward.toml"
+    policy.write_text('allow = ["nil"]\n')
+    url = db.format(port=free_port(), tmp=tmp_path)
+    r = enarx(
+        "steward",
+        "serve",
+        "--policy",
+        policy,
+        "--state-dir",
+        tmp_path / "st",
+        "--db",
+        url,
+        "--port",
+        "0",
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert expect in r.stderr and b"\nhint: " in r.stderr
+    assert b"s3cret-pw" not in r.stderr and b"Traceback" not in r.stderr
 
 
 # --- helpers -------------------------------------------------------------------------------

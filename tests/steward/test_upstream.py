@@ -140,8 +140,14 @@ def test_bad_signature_is_refused() -> None:
 
 
 def test_sans_are_read() -> None:
-    san = x509.SubjectAlternativeName([x509.DNSName("keep.example")])
-    assert parse_upstream_csr(_csr(OID_KVM, extra=[san])).sans == ("keep.example",)
+    import ipaddress
+
+    san = x509.SubjectAlternativeName([x509.DNSName("keep.example"),
+                                       x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    assert parse_upstream_csr(_csr(OID_KVM, extra=[san])).sans == ("keep.example", "127.0.0.1")
+    uri = x509.SubjectAlternativeName([x509.UniformResourceIdentifier("https://x.example/")])
+    with pytest.raises(ProtocolError):
+        parse_upstream_csr(_csr(OID_KVM, extra=[uri]))
 
 
 def test_bundle_is_a_sequence_of_csrs() -> None:
@@ -356,3 +362,14 @@ def test_fuzz_mutated_evidence_is_refused_with_typed_errors(pos: int, xor: int) 
 
 
 _VERIFIER: dict[str, object] = {}
+
+
+def test_vendored_fixtures_are_the_files_source_md_names() -> None:
+    import re
+
+    rows = re.findall(r"^\| `([^`]+)` \| (\d+) \| `([0-9a-f]{16})…` \|",
+                      (DATA / "SOURCE.md").read_text(), re.M)
+    assert len(rows) == 4
+    for name, size, digest in rows:
+        data = (DATA / name).read_bytes()
+        assert len(data) == int(size) and hashlib.sha256(data).hexdigest()[:16] == digest

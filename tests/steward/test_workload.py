@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from enarx import config as cfg
@@ -24,6 +25,7 @@ from enarx.workload import (
 )
 
 MODULE = b"\0asm\x01\0\0\0"
+_IDENT = re.compile(r"sha384:[0-9a-f]{96}")
 STDIO = [
     {"kind": "stdin", "name": "stdin"},
     {"kind": "stdout", "name": "stdout"},
@@ -154,3 +156,33 @@ def test_documented_example_is_a_fixed_known_answer() -> None:
     assert identity_of(wat, None) == (
         "sha384:e2c811757d8fb14b842fed23b64797cca3bc3ced3111b09651ffaccaf17233f9e6839a66595192"
         "60451632b0065ea6ed")
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_fuzz_any_json_config_gives_an_identity_or_a_usage_error(config: dict[str, Any]) -> None:
+    # NaN/inf, integers beyond 2**53 and lone surrogates cannot be canonicalized.
+    with contextlib.suppress(UsageError):
+        assert _IDENT.fullmatch(workload_identity(MODULE, config))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                        max_size=12), max_size=5),
+       st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,6}", fullmatch=True),
+                       st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                               max_size=12), max_size=4))
+def test_identity_matches_an_independent_canonicalization(args: list[str],
+                                                          env: dict[str, str]) -> None:
+    env.pop("FD_COUNT", None)
+    env.pop("FD_NAMES", None)
+    eff = effective_config(None, extra_args=args, extra_env=list(env.items()))
+    assert identity_of(MODULE, None, extra_args=args, extra_env=list(env.items())) == \
+        by_hand(MODULE, eff)

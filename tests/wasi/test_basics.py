@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+
+import pytest
+import wasmtime
 
 from enarx.wasi.abi import Errno
+from tests.wasi.rawguest import Guest, sub_clock
 from tests.wasi.wasirun import run_guest
 
 
@@ -168,3 +173,12 @@ def test_fdtable_numbers_in_order_and_missing_preopen_is_typed(tmp_path) -> None
     assert exc.value.hint
     fds.close_all()
     assert len(fds) == 0
+
+
+def test_poll_with_only_a_forever_clock_ends_at_the_deadline() -> None:
+    g = Guest("poll_oneoff")
+    g.host.deadline = time.monotonic() + 0.2
+    g.write(0, sub_clock(1, 2**64 - 1))  # UINT64_MAX ns: no overflow, no wait past it
+    with pytest.raises(wasmtime.WasmtimeError, match="deadline reached"):
+        g(0, 1024, 1, 2048)
+    assert g.host.timed_out

@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 
 from enarx.wasi.abi import Errno, Filetype
+from enarx.wasi.dirhandle import DirHandle
+from tests.wasi.rawguest import Guest
 
 ALL = "0x3fffffff"
 RO = hex((1 << 1) | (1 << 2) | (1 << 5))  # fd_read | fd_seek | fd_tell
@@ -299,3 +301,27 @@ def test_libc_calls_on_read_only_and_append_fds_match_linux(tmp_path: Path) -> N
     }
     assert (box / "f").stat().st_atime == 1000000  # futimens took effect (mtime: the pwrite)
     assert (box / "f").read_bytes() == b"abcXY"
+
+
+def test_hard_link_out_of_a_readonly_preopen_is_erofs(tmp_path: Path) -> None:
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "secret").write_bytes(b"original")
+    g = Guest(
+        "path_link",
+        handles=[
+            DirHandle.preopen(str(ro), "/ro", readonly=True),
+            DirHandle.preopen(str(rw), "/rw", readonly=False),
+        ],
+    )
+    g.write(0, b"secret")
+    g.write(16, b"copy")
+    assert g(0, 0, 0, 6, 1, 16, 4) == Errno.ROFS
+    assert not (rw / "copy").exists()
+    assert (ro / "secret").stat().st_nlink == 1
+    # Linking inside the writable pre-open still works.
+    (rw / "mine").write_bytes(b"m")
+    g.write(0, b"mine")
+    assert g(1, 0, 0, 4, 1, 16, 4) == 0
+    assert (rw / "copy").read_bytes() == b"m"

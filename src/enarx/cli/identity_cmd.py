@@ -90,3 +90,24 @@ def _load_config(path: str | None):  # type: ignore[no-untyped-def]
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", path=path) from None
     return cfg.loads(text, path=path)
+
+
+def _accept_run_options(command: click.Command) -> None:
+    """Accept (and ignore) every other `enarx run` option, hidden.
+
+    The same command line must give the same merge: without this, ``enarx identity app.wasm
+    --backend sim x`` would pass ``--backend sim`` to the guest while ``enarx run`` reads it
+    as an option, and the printed identity would silently differ from the attested one.
+    """
+    from enarx.cli.run import run
+
+    have = {name for p in command.params if isinstance(p, click.Option) for name in p.opts}
+    extra = [
+        click.Option(list(p.opts), is_flag=p.is_flag, hidden=True, expose_value=False)
+        for p in run.params
+        if isinstance(p, click.Option) and not set(p.opts) & have
+    ]
+    command.params[:0] = extra
+
+
+_accept_run_options(identity)

@@ -49,7 +49,7 @@ def verify_keep(address: str, ca: str, workload: str | None, trust_roots: tuple[
     in the certificate verifies with enarx's own verifiers against the vendor roots (plus
     --trust-root) (keep.evidence); the evidence binds the certificate's key (keep.binding);
     the attested workload is --workload when given (keep.workload). Exit 0 only when all
-    pass; otherwise exit 4 naming the failed check.
+    pass; exit 4 naming the failed check; exit 2 for bad arguments or no TLS listener.
     \b
     Example:
       enarx verify-keep 127.0.0.1:8443 --ca steward-ca.pem --workload sha384:...

@@ -65,8 +65,9 @@ def run_workload(
     # No config: stdio as fds 0-2 (upstream's default); --dir pre-opens follow the files.
     files = [*(config.effective_files if config else DEFAULT_FILES), *extra_dirs]
     if steward is not None:
-        identity = _attest(workload, config, backend, steward, extra_dirs=extra_dirs,
-                           extra_args=extra_args, extra_env=extra_env, fd_env=fd_env)
+        identity = _attest(workload, config, backend, steward.with_listeners(files),
+                           extra_dirs=extra_dirs, extra_args=extra_args, extra_env=extra_env,
+                           fd_env=fd_env)
     if identity is None and needs_tls(files):
         from enarx.keep.tls import self_signed
 

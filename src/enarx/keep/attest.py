@@ -27,7 +27,7 @@ import ipaddress
 import json
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -54,6 +54,8 @@ __all__ = [
 ]
 
 KBS_VERSION = "0.4.0"
+#: what the Keep asks to be certified for besides its listeners' addresses
+DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 CERT_ROUTE = "/enarx/v1/certificate"
 _TIMEOUT = 30.0  # seconds for each request to the steward
 _MAX_BODY = 1 << 20  # the steward's answers are small; refuse to buffer more
@@ -70,11 +72,12 @@ class AttestationRefused(AttestationError):
     """The steward refused this Keep's evidence; ``failed`` lists each rule that failed."""
 
     def __init__(self, detail: str, failed: list[dict[str, Any]]) -> None:
-        lines = [f"the steward refused this Keep's attestation: {detail}"]
+        lines = [f"the steward refused this Keep's attestation: {_clean(detail)}"]
         for f in failed:
-            line = f"  - {f.get('rule', '?')}: {f.get('message', '')}"
+            line = f"  - {_clean(f.get('rule', '?'))}: {_clean(f.get('message', ''))}"
             if "expected" in f or "actual" in f:
-                line += f" (expected {f.get('expected')!r}, got {f.get('actual')!r})"
+                line += (f" (expected {_clean(repr(f.get('expected')))}, "
+                         f"got {_clean(repr(f.get('actual')))})")
             lines.append(line)
         super().__init__(
             "steward.refused",
@@ -96,7 +99,7 @@ class StewardTarget:
     url: str
     ca_pem: bytes
     #: names the Keep asks to be certified for (the steward's policy may refuse some)
-    sans: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    sans: tuple[str, ...] = DEFAULT_SANS
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.url)
@@ -112,6 +115,17 @@ class StewardTarget:
                 "the steward CA file holds no PEM certificate",
                 hint="pass the steward's CA (`enarx steward ca > steward-ca.pem`) to --steward-ca",
             ) from None
+
+    def with_listeners(self, files: Sequence[Any]) -> StewardTarget:
+        """Also ask for the specific addresses (not ``::``/``0.0.0.0``) of ``tls`` listeners,
+        so clients that connect by that name or address can check the certificate."""
+        sans = list(self.sans)
+        for f in files:
+            if f.kind == "listen" and f.prot == "tls":
+                addr = str(f.addr).strip("[]").lower()
+                if addr not in ("::", "0.0.0.0", "") and addr not in sans:
+                    sans.append(addr)
+        return replace(self, sans=tuple(sans))
 
 
 @dataclass(frozen=True)
@@ -379,8 +393,14 @@ def _refusal(where: str, status: int, data: bytes) -> EnarxError:
     if failed or kind in ("PolicyDeny", "AttestationFailed", "EvidenceRefused"):
         return AttestationRefused(detail or kind, failed)
     text = detail or data[:200].decode(errors="replace") or "(empty body)"
-    label = f"HTTP {status} {kind}" if kind else f"HTTP {status}"
-    return StewardUnavailable(f"{where}: {label}: {text}")
+    label = f"HTTP {status} {_clean(kind)}" if kind else f"HTTP {status}"
+    return StewardUnavailable(f"{where}: {label}: {_clean(text)}")
+
+
+def _clean(value: Any, limit: int = 500) -> str:
+    """Text from the steward, safe for a terminal: no control characters, bounded length."""
+    text = "".join(c if c.isprintable() else "?" for c in str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _rule(item: Any) -> dict[str, Any]:

@@ -319,7 +319,12 @@ def _der_ia5(s: str) -> bytes:
 
 
 def _load_key(path: Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    # Skipping OpenSSL's RSA consistency check (a ~0.3 s prime test per RSA-4096 key on every
+    # evidence request) is safe here: the key only signs *simulated* evidence, is made by
+    # this module in a 0700 state dir, and a damaged key yields signatures that fail to verify.
+    key = serialization.load_pem_private_key(
+        path.read_bytes(), password=None, unsafe_skip_rsa_key_validation=True
+    )
     if not isinstance(key, rsa.RSAPrivateKey):
         raise EvidenceError(f"sim key {path} is not an RSA key",
                             hint="delete the sim state directory to regenerate it")

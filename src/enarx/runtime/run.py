@@ -21,6 +21,11 @@ from enarx.errors import Interrupted, InvalidModule, OutOfFuel, Timeout, Trap, U
 from enarx.flags import MAX_FUEL, MAX_TIMEOUT
 from enarx.runtime.engine import PREVIEW2_HINT, EngineSettings, get_engine
 
+__all__ = [
+    "MAX_INSTANCES", "MAX_MEMORIES", "MAX_TABLES", "MAX_TABLE_ELEMENTS", "MIN_TABLE_ELEMENTS",
+    "TABLE_ELEMENT_BYTES", "Host", "RunLimits", "run", "table_elements",
+]  # fmt: skip
+
 #: One linear memory, one instance: wasmtime's memory limit is per memory, so a second
 #: memory would double the host memory a guest can take.
 MAX_MEMORIES = 1

@@ -34,20 +34,27 @@ from prometheus_client.exposition import generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from enarx.errors import AttestationError, EnarxError, MalformedEvidence, ProtocolError, StoreError
-from enarx.steward.service import (
+from enarx.errors import (
+    AttestationError,
+    ConfigError,
+    EnarxError,
+    MalformedEvidence,
+    ProtocolError,
+    StoreError,
+)
+from enarx.steward.errors import (
     BadRequest,
     NotFound,
     PayloadTooLarge,
-    Steward,
     StewardError,
     Unauthorized,
     UnsupportedMediaType,
 )
+from enarx.steward.service import Steward
 
 __all__ = [
     "BUNDLE_TYPE",
@@ -89,6 +96,8 @@ def _status_and_name(exc: EnarxError) -> tuple[int, str]:
         return status, exc.kind
     if isinstance(exc, StoreError):
         return 503, "StoreUnavailable"
+    if isinstance(exc, ConfigError):  # the steward's own set-up, e.g. its CA has expired
+        return 503, "ServiceMisconfigured"
     if isinstance(exc, MalformedEvidence):
         return 400, "InvalidEvidence"
     if isinstance(exc, AttestationError):
@@ -163,11 +172,14 @@ async def _body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"body of {size} bytes is over the {limit}-byte limit")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BadRequest("the client went away before sending the whole body") from None
     return b"".join(chunks)
 
 
@@ -264,7 +276,9 @@ def create_app(
                     result = "ok"
                 except EnarxError as exc:
                     response = _error_response(exc, name)
-                    result = "refused" if response.status_code in (401, 409) else "bad-request"
+                    code = response.status_code
+                    result = ("refused" if code in (401, 409) else
+                              "unavailable" if code >= 500 else "bad-request")
                 metrics.requests.labels(name, str(response.status_code)).inc()
                 if attest:
                     metrics.attestations.labels(name, result).inc()
@@ -297,11 +311,7 @@ def create_app(
         if mt == CSR_TYPE:
             chain = await run_in_threadpool(steward.upstream_issue, body)
             return Response(der_sequence(chain), media_type=DER_CHAIN_TYPE)
-        issued: list[bytes] = []
-        ca: bytes = b""
-        for csr in _split_bundle(body):
-            ca, leaf = await run_in_threadpool(steward.upstream_issue, csr)
-            issued.append(leaf)
+        ca, issued = await run_in_threadpool(steward.upstream_bundle, _split_bundle(body))
         return Response(der_sequence([der_sequence([ca]), der_sequence(issued)]),
                         media_type=DER_CHAIN_TYPE)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -262,8 +263,6 @@ class RaTlsEvidence:
 
     def binds(self, spki_der: bytes) -> bool:
         """Whether pubkey-hash is the hash of ``spki_der`` (constant time)."""
-        import hmac
-
         return hmac.compare_digest(hashlib.new(self.hash_alg, spki_der).digest(),
                                    self.pubkey_hash)
 

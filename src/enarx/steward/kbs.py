@@ -51,6 +51,7 @@ __all__ = [
     "KbsRequest",
     "RuntimeData",
     "SnpEvidence",
+    "TeeEvidence",
     "decrypt_resource",
     "encrypt_resource",
     "expected_report_data",
@@ -189,8 +190,6 @@ def parse_attestation(body: bytes | str) -> Attestation:
         return Attestation.model_validate(data)
     except ValidationError as e:
         raise _first_error(e, "attestation") from None
-    except ProtocolError:
-        raise
 
 
 def validate_tee_pubkey(jwk: Any) -> str:

@@ -23,6 +23,7 @@ rule failed; so an allowed ``sim`` Keep is issued a certificate but its result h
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import ipaddress
 import json
@@ -70,6 +71,7 @@ _WORKLOAD_RE = re.compile(r"^sha384:[0-9a-f]{96}$")
 _DURATION_RE = re.compile(r"^([1-9][0-9]{0,6})([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _MAX_VALIDITY = 397 * 86400
+_PLATFORMS = {"snp": "snp", "sim": "snp", "sgx": "sgx", "tdx": "tdx"}
 
 
 class _Section(BaseModel):
@@ -149,7 +151,7 @@ class StewardPolicy(_Section):
 
     # --- derived values --------------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def policy_id(self) -> str:
         """``sha256:<hex>`` of the JCS form of the policy (stable across key order)."""
         doc = json.loads(self.model_dump_json())
@@ -243,6 +245,11 @@ def appraise(
                '"sim" in allow', list(policy.allow))
     if kind in ("snp", "sgx", "tdx", "sim") and evidence is None:
         c.fail("hardware", "evidence", f"{kind} Keeps must present evidence", kind, None)
+    want = _PLATFORMS.get(kind)
+    if evidence is not None and evidence.platform.value != want:
+        c.fail("hardware", "platform", f"{kind} Keeps must present {want} evidence", want,
+               evidence.platform.value)
+        evidence = None  # its fields mean something else: no platform rule applies
     debug = bool(evidence is not None and evidence.debug)
     if debug and "debug" not in policy.allow:
         c.fail("configuration", "debug", "debug TEE: its memory is not confidential",

@@ -86,7 +86,6 @@ def _caret_prefix(have: tuple[int, ...], given: tuple[int, ...]) -> bool:
     return True
 
 
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -191,8 +190,6 @@ class Failure:
                 "actual": show(self.actual), "message": self.message}
 
 
-
-
 def show(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).hex()
@@ -207,6 +204,8 @@ def _in(value: bytes, allowed: list[str]) -> bool:
 
 
 class Checks:
+    """Collects every failed rule and the EAR vector area it concerns."""
+
     def __init__(self) -> None:
         self.failed: list[Failure] = []
         self.areas: set[str] = set()

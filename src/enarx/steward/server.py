@@ -99,7 +99,7 @@ def _new_ca_secret(state: Path) -> bytes:
 
     key_file, crt_file = state / "ca.key", state / "ca.crt"
     if key_file.exists() and crt_file.exists():
-        ca = StewardCA.from_pem(key_file.read_bytes(), crt_file.read_bytes(),
+        ca = StewardCA.from_pem(_read(key_file, "CA key"), _read(crt_file, "CA certificate"),
                                 path=str(crt_file))
     else:
         ca = StewardCA.create("enarx steward CA")
@@ -251,8 +251,8 @@ def serve(
             warn("--insecure-http: serving plain HTTP; put a TLS-terminating proxy in front")
         else:
             key_pem, chain_pem = st.ca.server_cert(list(sans))
-            atomic_write(st.state_dir / "server.key", key_pem, mode=0o600)
-            atomic_write(st.state_dir / "server.crt", chain_pem, mode=0o644)
+            _write_if_changed(st.state_dir / "server.key", key_pem, 0o600)
+            _write_if_changed(st.state_dir / "server.crt", chain_pem, 0o644)
             ssl = {"ssl_keyfile": str(st.state_dir / "server.key"),
                    "ssl_certfile": str(st.state_dir / "server.crt")}
         _setup_logging()

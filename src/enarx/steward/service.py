@@ -10,24 +10,39 @@ whole request succeeded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from enarx.attestation.result import VerifiedEvidence
 from enarx.attestation.snp.verify import SnpVerifier
 from enarx.errors import AttestationError, EnarxError
+from enarx.steward.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Refused,
+    StewardError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from enarx.steward.policy import Kind, StewardPolicy, appraise
 
 __all__ = [
@@ -50,66 +65,22 @@ SESSION_TTL = dt.timedelta(minutes=5)
 TOKEN_TTL = dt.timedelta(minutes=5)
 
 
-# --- typed errors ------------------------------------------------------------------------
-
-
-class StewardError(EnarxError):
-    """A request the steward refuses. ``status`` is the HTTP status, ``name`` the Trustee
-    error type (``…/kbs/errors/<name>``), ``failed`` the failed policy rules if any."""
-
-    exit_code = 2
-    status = 400
-    name = "InvalidRequest"
-
-    def __init__(self, message: str, *, hint: str | None = None,
-                 failed: Sequence[dict[str, Any]] = ()) -> None:
-        super().__init__(message, hint=hint)
-        self.failed = list(failed)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if self.failed:
-            out["failed"] = self.failed
-        return out
-
-
-class BadRequest(StewardError):
-    pass
-
-
-class Unauthorized(StewardError):
-    status = 401
-    name = "Unauthorized"
-
-
-class Refused(Unauthorized):
-    """Authentic or not, the evidence does not satisfy the policy (every failed rule listed)."""
-
-    exit_code = 4
-    name = "PolicyDeny"
-
-
-class NotFound(StewardError):
-    status = 404
-    name = "ResourceNotFound"
-
-
-class Conflict(StewardError):
-    status = 409
-    name = "AlreadyIssued"
-
-
-class PayloadTooLarge(StewardError):
-    status = 413
-    name = "PayloadTooLarge"
-
-
-class UnsupportedMediaType(StewardError):
-    status = 415
-    name = "UnsupportedMediaType"
-
-
 # --- results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Issue:
+    """A certificate ready to issue: everything checked, nothing written yet."""
+
+    csr: x509.CertificateSigningRequest
+    sans: list[str]
+    exts: list[x509.Extension[Any]]
+    evidence_digest: str
+    workload: str | None
+    status: str
+    platform: str
+    kind: str
+    session_id: str | None
 
 
 @dataclass(frozen=True)
@@ -221,7 +192,8 @@ class Steward:
     ``policy`` is a ``steward.policy.StewardPolicy``, ``ca`` a ``steward.ca.StewardCA``,
     ``ear_signer`` a ``steward.ear.EarSigner``, ``store`` a ``steward.store.Store``;
     ``trust_roots`` are the extra (non-vendor) roots the policy names, as PEM/DER;
-    ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
+    ``purge_every``: every that many ``/auth`` calls (and at the first), expired sessions are
+    deleted. ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
     verified at, so tests can check recorded fixtures as of their capture time.
     """
 
@@ -237,6 +209,7 @@ class Steward:
         verifier_id: str = "enarx-steward",
         sgx_qe_identity: tuple[bytes, bytes] | None = None,
         evidence_clock: Callable[[], dt.datetime] | None = None,
+        purge_every: int = 1000,
     ) -> None:
         self.policy = policy
         self.ca = ca
@@ -247,6 +220,8 @@ class Steward:
         self.evidence_clock = evidence_clock or clock
         self.verifier_id = verifier_id
         self.sgx_qe_identity = sgx_qe_identity
+        self.purge_every = purge_every
+        self._auths = itertools.count()
         self.trust_roots = [bytes(r) for r in trust_roots]
         self._extra_roots = {_fingerprint(r) for r in self.trust_roots}
         self.snp = SnpVerifier(self.trust_roots)
@@ -265,11 +240,20 @@ class Steward:
         from enarx.steward import kbs
 
         req = kbs.parse_request(body)
+        if next(self._auths) % self.purge_every == 0:
+            self.purge()  # unauthenticated /auth adds rows: drop the expired ones now and then
         session_id = secrets.token_urlsafe(32)
         challenge = kbs.Challenge.new()
         self.store.create_session(session_id, challenge.nonce, req.tee,
                                   self.clock() + NONCE_TTL)
         return session_id, challenge.to_json()
+
+    def purge(self) -> int:
+        """Delete sessions whose challenge and result have both expired; how many."""
+        n: int = self.store.purge_expired(self.clock())
+        if n:
+            log.info(json.dumps({"event": "purge", "sessions": n}))
+        return n
 
     # --- KBS: /attest --------------------------------------------------------------------
 
@@ -392,7 +376,7 @@ class Steward:
 
     def issue_for_session(self, session_id: str | None, csr_der: bytes) -> list[bytes]:
         """``POST /enarx/v1/certificate``: one certificate for the session's attested key."""
-        from enarx.steward import ear, extensions
+        from enarx.steward import extensions
 
         if not session_id:
             raise Unauthorized("no kbs-session-id cookie", hint="attest first (/kbs/v0/auth, "
@@ -407,11 +391,9 @@ class Steward:
         if session.issued_serial:
             raise Conflict("this session already has its certificate",
                            hint="one attestation = one certificate: attest again for another")
-        try:
-            claims = ear.verify_ear(session.token, self._jwks, now)
-        except EnarxError as exc:
-            raise Unauthorized(f"the session's attestation result is not valid: "
-                               f"{exc.message}") from None
+        # Our own result, read back from our own database (which also holds the CA key):
+        # decoding suffices; its lifetime is the session's attested_expires_at.
+        claims = _token_claims(session.token)
         sub = claims["submods"]["cpu0"]
         pub = _jwk_spki(json.loads(session.tee_pubkey or "{}"))
         if not hmac.compare_digest(_spki(csr.public_key()), pub):
@@ -424,10 +406,11 @@ class Steward:
             exts.insert(0, x509.Extension(extensions.OID_CMW, False,
                                           x509.UnrecognizedExtension(extensions.OID_CMW, cmw)))
         annotated = sub.get("ear.veraison.annotated-evidence", {})
-        return self._issue(csr, exts, now, evidence_digest=session.evidence_digest or "none",
-                           workload=workload, status=str(sub["ear.status"]),
-                           platform=str(annotated.get("platform", "")), kind="kbs",
-                           session_id=session_id)
+        return self._issue(_Issue(csr, self._sans(csr), exts,
+                                  evidence_digest=session.evidence_digest or "none",
+                                  workload=workload, status=str(sub["ear.status"]),
+                                  platform=str(annotated.get("platform", "")), kind="kbs",
+                                  session_id=session_id), now)
 
     def _sans(self, csr: x509.CertificateSigningRequest) -> list[str]:
         try:
@@ -451,35 +434,39 @@ class Steward:
                                    "message": "SAN not allowed by the policy's `sans`"}])
         return names
 
-    def _issue(self, csr: x509.CertificateSigningRequest,
-               exts: Sequence[x509.Extension[Any]], now: dt.datetime, *,
-               evidence_digest: str, workload: str | None, status: str, platform: str,
-               kind: str, session_id: str | None) -> list[bytes]:
-        sans = self._sans(csr)
-        cert = self.ca.issue(csr.public_key(), sans, self.cert_validity, list(exts), now=now)
+    def _issue(self, job: _Issue, now: dt.datetime) -> list[bytes]:
+        cert = self.ca.issue(job.csr.public_key(), job.sans, self.cert_validity,
+                             list(job.exts), now=now)
         serial = f"{cert.serial_number:x}"
-        if not self.store.record_issuance(serial, now, evidence_digest, workload, status,
-                                          self.policy_id, platform, kind,
-                                          session_id=session_id):
+        if not self.store.record_issuance(serial, now, job.evidence_digest, job.workload,
+                                          job.status, self.policy_id, job.platform, job.kind,
+                                          session_id=job.session_id):
             raise Conflict("this session already has its certificate",
                            hint="one attestation = one certificate: attest again for another")
-        log.info(json.dumps({"event": "issuance", "serial": serial, "kind": kind,
-                             "platform": platform, "workload": workload, "status": status},
-                            sort_keys=True))
+        log.info(json.dumps({"event": "issuance", "serial": serial, "kind": job.kind,
+                             "platform": job.platform, "workload": job.workload,
+                             "status": job.status}, sort_keys=True))
         return [self._ca_der, cert.public_bytes(serialization.Encoding.DER)]
 
     # --- upstream: POST / ----------------------------------------------------------------
 
     def upstream_issue(self, csr_der: bytes) -> list[bytes]:
         """Upstream Enarx ``POST /`` (application/pkcs10) → ``[CA, leaf]`` DER."""
-        chain: list[bytes] = self._logged("upstream", lambda info: self._upstream(csr_der, info))
-        return chain
+        ca, [leaf] = self.upstream_bundle([csr_der])
+        return [ca, leaf]
 
-    def _upstream(self, csr_der: bytes, info: dict[str, Any]) -> list[bytes]:
+    def upstream_bundle(self, csrs: Sequence[bytes]) -> tuple[bytes, list[bytes]]:
+        """``application/vnd.steward.pkcs10-bundle.v1``: (CA, leaves). Every CSR is verified
+        and appraised before any certificate is issued, so a bad one issues none."""
+        prepared = [self._logged("upstream", partial(self._upstream, der)) for der in csrs]
+        now = self.clock()
+        leaves = [self._issue(p, now)[1] for p in prepared]
+        return self._ca_der, leaves
+
+    def _upstream(self, csr_der: bytes, info: dict[str, Any]) -> _Issue:
         from enarx.steward import extensions, upstream
 
         csr = _load_csr(csr_der)
-        now = self.clock()
         up = upstream.parse_upstream_csr(csr_der)
         info["tee"] = up.kind
         try:
@@ -491,7 +478,7 @@ class Steward:
         kind: Kind = up.kind if vendor or ev is None else "sim"
         info["platform"] = kind
         appraisal = appraise(self.policy, ev, kind=kind, vendor_root=vendor, workload=None,
-                                         workload_bound=False)
+                             workload_bound=False)
         info["status"] = appraisal.status
         if not appraisal.ok:
             raise _refusal("attestation refused by the steward's policy", _failures(appraisal))
@@ -502,10 +489,12 @@ class Steward:
             certs = up.certs if up.kind == "snp" else ()
             exts.insert(0, extensions.cmw_extension(extensions.CmwEvidence(
                 platform, up.report, tuple(certs), b"")))
+            if up.kind == "sgx":  # the interoperable RA-TLS form too
+                exts.insert(1, extensions.ratls_extension(up.report, up.spki_der))
             digest = "sha384:" + hashlib.sha384(up.report).hexdigest()
-        return self._issue(csr, exts, now, evidence_digest=digest, workload=None,
-                           status=str(appraisal.status), platform=kind, kind="upstream",
-                           session_id=None)
+        return _Issue(csr, self._sans(csr), exts, evidence_digest=digest, workload=None,
+                      status=str(appraisal.status), platform=kind, kind="upstream",
+                      session_id=None)
 
     # --- KBS: resources ------------------------------------------------------------------
 
@@ -559,19 +548,37 @@ class Steward:
         return bool(self.store.delete_resource(path))
 
 
-def _jwk_spki(jwk: dict[str, Any]) -> bytes:
-    from joserfc.errors import JoseError
-    from joserfc.jwk import ECKey, RSAKey
+def _token_claims(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(
+        token.split(".")[1] + "=" * (-len(token.split(".")[1]) % 4)))
+    return claims
 
+
+def _b64int(value: Any) -> int:
+    if not isinstance(value, str):
+        raise BadRequest("tee-pubkey is not a valid JWK")
     try:
-        if jwk.get("kty") == "EC":
-            key: Any = ECKey.import_key(jwk)
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        raise BadRequest("tee-pubkey is not a valid JWK") from None
+    return int.from_bytes(raw, "big")
+
+
+_CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1,
+                                              "P-521": ec.SECP521R1}
+
+
+def _jwk_spki(jwk: dict[str, Any]) -> bytes:
+    """DER SubjectPublicKeyInfo of an EC or RSA public JWK (already validated by kbs)."""
+    try:
+        if jwk.get("kty") == "EC" and jwk.get("crv") in _CURVES:
+            key: Any = ec.EllipticCurvePublicNumbers(
+                _b64int(jwk.get("x")), _b64int(jwk.get("y")), _CURVES[jwk["crv"]]()
+            ).public_key()
         elif jwk.get("kty") == "RSA":
-            key = RSAKey.import_key(jwk)
+            key = rsa.RSAPublicNumbers(_b64int(jwk.get("e")), _b64int(jwk.get("n"))).public_key()
         else:
             raise BadRequest("tee-pubkey must be an EC or RSA JWK")
-        return _spki(key.public_key)
-    except BadRequest:
-        raise
-    except (JoseError, ValueError, TypeError, KeyError):
+    except ValueError:  # not a point on the curve, bad RSA numbers
         raise BadRequest("tee-pubkey is not a valid JWK") from None
+    return _spki(key)

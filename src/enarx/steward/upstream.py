@@ -117,7 +117,7 @@ class UpstreamCsr:
     certs: tuple[bytes, ...] = ()  # SNP: (VCEK,); SGX: TCB Signing chain as sent
     crls: tuple[tuple[str, bytes], ...] = ()  # (url, DER CRL)
     tcb_info: bytes = b""  # SGX: the PCS TCB Info document, exact bytes
-    sans: tuple[str, ...] = field(default=())  # DNS names requested in subjectAltName
+    sans: tuple[str, ...] = field(default=())  # DNS names / IPs requested in subjectAltName
 
 
 def _bad(message: str) -> ProtocolError:
@@ -194,7 +194,10 @@ def parse_upstream_csr(der: bytes) -> UpstreamCsr:
         if oid in _KINDS:
             evidence.append(ext)
         elif oid == _SAN and isinstance(ext.value, x509.SubjectAlternativeName):
-            sans = tuple(ext.value.get_values_for_type(x509.DNSName))
+            names = list(ext.value)
+            if not all(isinstance(n, x509.DNSName | x509.IPAddress) for n in names):
+                raise _bad("only DNS names and IP addresses may be requested as SANs")
+            sans = tuple(str(n.value) for n in names)
         else:
             raise _bad(f"extension {oid} is not supported in an upstream CSR")
     if len(evidence) != 1:

@@ -28,6 +28,12 @@ from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.guestmem import advance
 
+__all__ = [
+    "FILE_METADATA_RIGHTS", "MAX_OPEN_STREAMS", "DirStreams", "FdTable", "FileHandle",
+    "Filestat", "Handle", "NullHandle", "StdioHandle", "default_fd_limit", "filestat_of",
+    "filetype_of", "set_times_fd",
+]  # fmt: skip
+
 # (dev, ino, filetype, nlink, size, atim, mtim, ctim)
 Filestat = tuple[int, int, int, int, int, int, int, int]
 

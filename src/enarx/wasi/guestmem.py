@@ -15,6 +15,11 @@ import os
 
 from enarx.wasi.abi import IOVEC, Errno, WasiError
 
+__all__ = [
+    "MAX_IOVECS", "MAX_IO_BYTES", "advance", "clip", "fill_random", "iovecs", "read_bytes",
+    "view", "write_bytes",
+]  # fmt: skip
+
 _unpack_iovec = IOVEC.unpack_from
 
 # Linux's IOV_MAX and MAX_RW_COUNT: one host call never takes more buffers or bytes. Without

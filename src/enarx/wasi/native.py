@@ -45,6 +45,7 @@ from pathlib import Path
 
 from wasmtime import _ffi as ffi
 
+from enarx.fsutil import atomic_write, cache_dir, ensure_private_dir, state_dir
 from enarx.wasi.abi import from_oserror
 
 __all__ = ["F_READ", "F_STDIO", "F_WRITE", "MAP_SIZE", "FastIO", "enabled", "library"]
@@ -89,19 +90,23 @@ def _identity(path: str) -> str:
 
 
 def _private_dir(path: Path) -> bool:
-    """Create ``path`` 0700 if needed; True if it is ours and closed to others."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    s = os.lstat(path)
+    """Create ``path`` 0700 if needed; True if it is ours and closed to others.
+
+    An existing directory that others could write (or a symlink) is refused, not repaired:
+    whoever could write it may have planted files in it already.
+    """
+    try:
+        before: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        before = None
+    if before is not None and not _closed(before):
+        return False
+    ensure_private_dir(path)
+    return _closed(os.lstat(path))
+
+
+def _closed(s: os.stat_result) -> bool:
     return stat.S_ISDIR(s.st_mode) and s.st_uid == os.getuid() and not s.st_mode & 0o077
-
-
-def _dirs() -> tuple[Path, Path]:
-    home = Path.home()
-    cache = os.environ.get("ENARX_NATIVE_DIR") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / "enarx" / "native"
-    )
-    state = Path(os.environ.get("XDG_STATE_HOME") or home / ".local" / "state")
-    return Path(cache), state / "enarx" / "native"
 
 
 def _load_or_build() -> ctypes.CDLL | None:
@@ -115,7 +120,7 @@ def _load_or_build() -> ctypes.CDLL | None:
          sys.implementation.cache_tag or ""]
     )  # fmt: skip
     key = hashlib.sha256(src + b"\0" + ident.encode()).hexdigest()[:32]
-    cache, records = _dirs()
+    cache, records = cache_dir("native", env="ENARX_NATIVE_DIR"), state_dir("native")
     if not (_private_dir(cache) and _private_dir(records)):
         return None
     lib_path, record = cache / f"fastio-{key}.so", records / f"fastio-{key}.sha256"
@@ -125,8 +130,8 @@ def _load_or_build() -> ctypes.CDLL | None:
     data = _build(cc, src, cache)
     if data is None:
         return None
-    _write_private(record, hashlib.sha256(data).hexdigest().encode(), records)
-    _write_private(lib_path, data, cache)
+    atomic_write(record, hashlib.sha256(data).hexdigest().encode(), mode=0o600)
+    atomic_write(lib_path, data, mode=0o600)
     return _dlopen(data)
 
 
@@ -160,17 +165,6 @@ def _build(cc: list[str], src: bytes, cache: Path) -> bytes | None:
         if done.returncode != 0 or not out.exists():
             return None
         return out.read_bytes()
-
-
-def _write_private(path: Path, data: bytes, directory: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp: 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _dlopen(data: bytes) -> ctypes.CDLL:

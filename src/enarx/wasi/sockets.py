@@ -502,9 +502,12 @@ class TlsStream(_SocketBase):
 
     def close(self) -> None:
         if self.sock.fileno() >= 0 and self._handshaken:
-            with contextlib.suppress(ssl.SSLError, OSError, WasiError, ValueError):
-                if not self._wr_shut:
+            if not self._wr_shut:
+                # On a memory BIO unwrap() writes close_notify, then raises SSLWantReadError
+                # while waiting for the peer's: the flush below must still run.
+                with contextlib.suppress(ssl.SSLError, ValueError):
                     self.obj.unwrap()
+            with contextlib.suppress(OSError, WasiError):
                 self._flush(block=False)
         self.sock.close()
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any, Generic, TypeVar
 
-from enarx.errors import StoreError
+from enarx.errors import StoreError, UsageError
 from enarx.steward.store import schema
 from enarx.steward.store.model import Issuance, Session, Time, to_epoch
 
@@ -87,13 +87,15 @@ class Pool(Generic[C]):
 
     def release(self, conn: C, *, discard: bool = False) -> None:
         with self._cond:
-            if discard or self._closed:
+            drop = discard or self._closed
+            if drop:
                 self._open -= 1
             else:
                 self._idle.append(conn)
             self._cond.notify()
-        if discard or self._closed:
-            self._close(conn)
+        if drop:
+            with suppress(Exception):
+                self._close(conn)
 
     def close(self) -> None:
         with self._cond:
@@ -102,7 +104,8 @@ class Pool(Generic[C]):
             self._open -= len(idle)
             self._cond.notify_all()
         for conn in idle:
-            self._close(conn)
+            with suppress(Exception):
+                self._close(conn)
 
 
 class Tx:
@@ -270,9 +273,9 @@ class SqlStore(ABC):
                 tx(
                     "INSERT INTO sessions (id, nonce, tee, created_at, expires_at) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    id,
-                    nonce,
-                    tee,
+                    _text("session id", id),
+                    _text("nonce", nonce),
+                    _text("tee", tee),
                     created,
                     to_epoch(expires_at),
                 )
@@ -282,6 +285,8 @@ class SqlStore(ABC):
             raise
 
     def redeem_nonce(self, session_id: str, nonce: str, now: Time) -> Session | None:
+        if not _storable(session_id):
+            return None  # no such session can exist
         with self._tx() as tx:
             rows = tx(
                 f"UPDATE sessions SET used = 1 WHERE id = ? AND used = 0 AND expires_at > ? "
@@ -289,7 +294,9 @@ class SqlStore(ABC):
                 session_id,
                 to_epoch(now),
             )
-            if not rows or not hmac.compare_digest(str(rows[0][1]).encode(), nonce.encode()):
+            if not rows or not hmac.compare_digest(
+                str(rows[0][1]).encode(), nonce.encode(errors="surrogatepass")
+            ):
                 tx.abort()  # a wrong nonce does not spend the session's one redemption
                 return None
             return _session(rows[0])
@@ -304,15 +311,17 @@ class SqlStore(ABC):
         expires_at: Time,
         evidence: bytes = b"",
     ) -> bool:
+        if not _storable(session_id):
+            return False
         with self._tx(single=True) as tx:
             rows = tx(
                 "UPDATE sessions SET token = ?, tee_pubkey = ?, workload = ?, "
                 "evidence_digest = ?, attested_expires_at = ?, evidence = ? "
                 "WHERE id = ? AND used = 1 AND token IS NULL RETURNING id",
-                token,
-                tee_pubkey_json,
-                workload,
-                evidence_digest,
+                _text("token", token),
+                _text("tee-pubkey", tee_pubkey_json),
+                _opt_text("workload", workload),
+                _text("evidence digest", evidence_digest),
                 to_epoch(expires_at),
                 bytes(evidence),
                 session_id,
@@ -320,6 +329,8 @@ class SqlStore(ABC):
             return bool(rows)
 
     def get_session(self, id: str) -> Session | None:
+        if not _storable(id):
+            return None
         with self._tx(write=False) as tx:
             rows = tx(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", id)
         return _session(rows[0]) if rows else None
@@ -350,6 +361,19 @@ class SqlStore(ABC):
         *,
         session_id: str | None = None,
     ) -> bool:
+        if session_id is not None and not _storable(session_id):
+            return False  # no such session can exist
+        values = (
+            _text("serial", serial_hex),
+            to_epoch(time),
+            _text("evidence digest", evidence_digest),
+            _opt_text("workload", workload),
+            _text("EAR status", ear_status),
+            _text("policy id", policy_id),
+            _text("platform", platform),
+            _text("kind", kind),
+            session_id,
+        )
         try:
             with self._tx() as tx:
                 if session_id is not None:
@@ -364,15 +388,7 @@ class SqlStore(ABC):
                         return False
                 tx(
                     f"INSERT INTO issuances ({_ISSUANCE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    serial_hex,
-                    to_epoch(time),
-                    evidence_digest,
-                    workload,
-                    ear_status,
-                    policy_id,
-                    platform,
-                    kind,
-                    session_id,
+                    *values,
                 )
                 return True
         except Exception as exc:
@@ -398,21 +414,26 @@ class SqlStore(ABC):
                 "INSERT INTO resources (path, data, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET data = excluded.data, "
                 "updated_at = excluded.updated_at",
-                path,
+                _text("resource path", path),
                 bytes(data),
                 t,
             )
 
     def get_resource(self, path: str) -> bytes | None:
+        if not _storable(path):
+            return None
         with self._tx(write=False) as tx:
             rows = tx("SELECT data FROM resources WHERE path = ?", path)
         return bytes(rows[0][0]) if rows else None
 
     def delete_resource(self, path: str) -> bool:
+        if not _storable(path):
+            return False
         with self._tx(single=True) as tx:
             return bool(tx("DELETE FROM resources WHERE path = ? RETURNING path", path))
 
     def get_or_create_secret(self, name: str, factory: Callable[[], bytes]) -> bytes:
+        _text("secret name", name)
         with self._tx(write=False) as tx:
             rows = tx("SELECT value FROM secrets WHERE name = ?", name)
         if rows:
@@ -462,3 +483,28 @@ def _issuance(r: Row) -> Issuance:
         kind=r[7],
         session_id=r[8],
     )
+
+
+def _storable(value: str) -> bool:
+    """Whether both databases can hold ``value`` (no NUL, valid UTF-8 once encoded)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _text(field: str, value: str) -> str:
+    """``value`` for a write, or a UsageError naming ``field`` if no database can store it."""
+    if not _storable(value):
+        raise UsageError(
+            f"{field} contains a NUL character or an unpaired surrogate",
+            hint="send printable UTF-8 text",
+        )
+    return value
+
+
+def _opt_text(field: str, value: str | None) -> str | None:
+    return None if value is None else _text(field, value)
