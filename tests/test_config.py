@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -268,3 +269,53 @@ def test_steward_and_steward_ca_keys() -> None:
             config.loads(f'steward = "{bad}"\n', path="Enarx.toml")
         assert e.value.key == "steward" and e.value.line == 1
         assert "must be an https:// URL" in e.value.message
+
+
+# --- [[secrets]] (enarx.secrets) ------------------------------------------------------------
+
+
+SECRETS = """\
+[env]
+MODE = "x"
+
+[[secrets]]
+resource = "app/key/db"
+env = "DB"
+file = "db"
+
+[[secrets]]
+resource = "app/key/api"
+file = "api"
+"""
+
+
+def test_secrets_load_and_add_the_in_memory_directory() -> None:
+    c = config.loads(SECRETS)
+    assert [(s.resource, s.env, s.file) for s in c.secrets] == [
+        ("app/key/db", "DB", "db"), ("app/key/api", None, "api")]
+    last = c.effective_files[-1]
+    assert (last.kind, last.guest_path, last.readonly) == ("dir", "/run/secrets", True)
+    assert c.fd_environment() == {"FD_COUNT": "4", "FD_NAMES": "stdin:stdout:stderr:secrets"}
+
+
+def test_env_only_secrets_add_no_directory() -> None:
+    c = config.loads('[[secrets]]\nresource = "a/b/c"\nenv = "X"\n')
+    assert [f.kind for f in c.effective_files] == ["stdin", "stdout", "stderr"]
+
+
+@pytest.mark.parametrize(("entry", "fault"), [
+    ('resource = "a/b"\nenv = "X"', "not a steward resource path"),
+    ('resource = "a/b/c/d"\nenv = "X"', "not a steward resource path"),
+    ('resource = ".a/b/c"\nenv = "X"', "not a steward resource path"),
+    ('resource = "a/b/c"', "needs env, file or both"),
+    ('resource = "a/b/c"\nfile = "x/y"', "not a file name"),
+    ('resource = "a/b/c"\nfile = ".."', "not a file name"),
+    ('resource = "a/b/c"\nenv = "FD_COUNT"', "FD_COUNT"),
+    ('resource = "a/b/c"\nenv = "MODE"', "also set in [env]"),
+    ('resource = "a/b/c"\nenv = "DB"', "used by two secrets"),
+    ('resource = "a/b/c"\nfile = "db"', "used by two secrets"),
+    ('resource = "a/b/c"\nenv = "Y"\nvalue = "inline"', "value"),
+])
+def test_bad_secrets_are_refused_naming_the_fault(entry: str, fault: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(fault)):
+        config.loads(SECRETS + "\n[[secrets]]\n" + entry + "\n")

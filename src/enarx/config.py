@@ -9,6 +9,8 @@ Extensions (an upstream file stays valid; see docs/enarx-toml.md):
   (path the guest sees, default = ``host``), ``readonly`` (default false), ``name``.
 - ``steward_ca``: PEM file of the CA that signs the steward's TLS certificate (with ``steward``).
 - ``[limits]``: ``max_memory`` ("64M", "1G" or bytes), ``timeout`` (seconds), ``fuel``.
+- ``[[secrets]]``: steward resources released after attestation (``resource``, ``env``,
+  ``file``; see enarx.secrets and docs/deploy.md).
 
 Pure: parsing text into a model; reading the file is the caller's job.
 """
@@ -47,6 +49,7 @@ from enarx.flags import (  # re-exported: the light helpers live in enarx.flags
     parse_env_flag,
     parse_size,
 )
+from enarx.secrets import SecretsDir, check_file_name, check_resource, check_secrets
 
 __all__ = [
     "DEFAULT_MAX_MEMORY",
@@ -61,6 +64,7 @@ __all__ = [
     "Limits",
     "ListenFile",
     "NullFile",
+    "Secret",
     "StderrFile",
     "StdinFile",
     "StdoutFile",
@@ -232,6 +236,14 @@ class Limits(_Strict):
 EnvKey = Annotated[str, AfterValidator(check_env_key)]
 
 
+class Secret(_Strict):
+    """Extension: a steward resource released after attestation (enarx.secrets)."""
+
+    resource: Annotated[str, AfterValidator(check_resource)]
+    env: EnvKey | None = None
+    file: Annotated[str, AfterValidator(check_file_name)] | None = None
+
+
 class Config(_Strict):
     steward: str | None = None
     #: PEM file of the CA that signs the steward's TLS certificate (relative to Enarx.toml)
@@ -240,6 +252,12 @@ class Config(_Strict):
     env: dict[EnvKey, Text] = Field(default_factory=dict)
     files: list[File] | None = None
     limits: Limits = Field(default_factory=Limits)
+    secrets: list[Secret] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> Config:
+        check_secrets(self.secrets, self.env)
+        return self
 
     @field_validator("steward")
     @classmethod
@@ -262,8 +280,13 @@ class Config(_Strict):
     def effective_files(self) -> list[Any]:
         """With no ``files`` the guest gets stdin, stdout and stderr, as upstream."""
         if self.files is None:
-            return [StdinFile(kind="stdin"), StdoutFile(kind="stdout"), StderrFile(kind="stderr")]
-        return list(self.files)
+            files: list[Any] = [StdinFile(kind="stdin"), StdoutFile(kind="stdout"),
+                                StderrFile(kind="stderr")]
+        else:
+            files = list(self.files)
+        if any(s.file is not None for s in self.secrets):
+            files.append(SecretsDir())  # the in-memory /run/secrets pre-open
+        return files
 
     def fd_environment(self) -> dict[str, str]:
         """FD_COUNT and FD_NAMES, set before the user's env (which may not override them)."""

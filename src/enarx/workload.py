@@ -73,11 +73,17 @@ def effective_config(
         **dict(extra_env),
     }
     args = [*(config.args if config is not None else ()), *extra_args]
-    return {
+    out: dict[str, Any] = {
         "args": [str(a) for a in args],
         "env": {str(k): str(v) for k, v in env.items()},
         "files": [_file(f) for f in files],
     }
+    secrets = getattr(config, "secrets", None) if config is not None else None
+    if secrets:  # [[secrets]] declarations (never their values); absent: no key, as before
+        from enarx.secrets import secrets_identity
+
+        out["secrets"] = secrets_identity(list(secrets))
+    return out
 
 
 def _file(f: Any) -> dict[str, Any]:

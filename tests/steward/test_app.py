@@ -214,6 +214,15 @@ def test_replayed_attestation_is_refused(env: Env, sim: SimBackend) -> None:
     _error(env.attest(body), 401)
 
 
+def test_a_refused_attestation_spends_the_nonce(env: Env, sim: SimBackend) -> None:
+    key = new_key()
+    nonce = env.auth()
+    _error(env.attest(attest_body(sim, nonce, key, bind_key=new_key())), 401, "PolicyDeny")
+    # the right evidence for the same nonce afterwards: the nonce is used up
+    body = _error(env.attest(attest_body(sim, nonce, key)), 401, "Unauthorized")
+    assert "already used" in body["detail"]
+
+
 def test_expired_nonce_is_refused(env: Env, sim: SimBackend) -> None:
     nonce = env.auth()
     env.clock.offset = __import__("datetime").timedelta(minutes=6)
@@ -359,7 +368,8 @@ def test_content_types_and_body_limit(env: Env) -> None:
 def test_malformed_requests_are_400(env: Env) -> None:
     j = {"content-type": "application/json"}
     _error(env.client.post("/kbs/v0/auth", content=b"not json", headers=j), 400)
-    _error(env.client.post("/kbs/v0/auth", json={"version": "0.1.0", "tee": "snp"}), 400)
+    # Trustee's protocol document: a Request refused for its version is answered 401.
+    _error(env.client.post("/kbs/v0/auth", json={"version": "0.1.0", "tee": "snp"}), 401)
     _error(env.client.post("/kbs/v0/auth", json=[1, 2]), 400)
     env.auth()
     _error(env.client.post("/kbs/v0/attest", json={"runtime-data": {}}), 400)
@@ -513,3 +523,33 @@ def test_fuzz_resource_bearer(fuzz_client: AsgiClient, token: str, tag: str) -> 
                         headers={"authorization": f"Bearer {token}"})
     assert r.status_code in (401, 404), r.text
     assert r.json()["type"].startswith(ERROR_TYPE_PREFIX)
+
+
+def test_certificate_runtime_data_hashes_to_the_report_data_even_with_null_jwk_members(
+        env: Env, sim: SimBackend) -> None:
+    """The CMW runtime data in the certificate are the very bytes REPORT_DATA hashes (one JCS
+    serialisation serves both), also for a JWK with a null member that JSON tools could drop."""
+    import base64
+    import hashlib
+
+    from enarx.steward import kbs as kbs_mod
+    from tests.steward.kbsflow import public_jwk
+
+    key = new_key()
+    nonce = env.auth()
+    rd = {"nonce": nonce, "tee-pubkey": {**public_jwk(key), "x-note": None}}
+    ev = sim.evidence(kbs_mod.expected_report_data(rd, ""))
+    body = {"runtime-data": rd, "tee-evidence": {"primary_evidence": {
+        "attestation_report": base64.b64encode(ev.blob).decode(),
+        "cert_chain": [base64.b64encode(c).decode() for c in ev.certs]},
+        "additional_evidence": ""}}
+    r = env.attest(body)
+    assert r.status_code == 200, r.text
+    r = env.certificate(csr_der(key))
+    assert r.status_code == 200, r.text
+    leaf = x509.load_der_x509_certificate(_der_seq_items(r.content)[1])
+    ext = leaf.extensions.get_extension_for_oid(extensions.OID_CMW).value
+    cmw = extensions.decode_cmw(ext.value)  # type: ignore[attr-defined]
+    report_data = cmw.report[0x50:0x90]
+    assert hashlib.sha384(cmw.runtime_data).digest().ljust(64, b"\0") == report_data
+    assert cmw.runtime_claims()["tee-pubkey"]["x-note"] is None

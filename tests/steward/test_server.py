@@ -157,7 +157,7 @@ def test_serve_makes_its_state_and_answers_over_tls(start: Any, policy: Path, tm
     s = start("--policy", str(policy), "--state-dir", str(state), "--san", "steward.test")
     assert s.url.startswith("https://127.0.0.1:")
     assert _mode(state) == 0o700
-    for name in ("ca.key", "ear.key", "admin.token", "server.key", "steward.db"):
+    for name in ("ca.key", "ear.key", "admin-token", "server.key", "steward.db"):
         assert _mode(state / name) == 0o600, name
     ca = enarx("steward", "ca", "--state-dir", state)
     assert ca.returncode == 0 and ca.stdout == (state / "ca.crt").read_bytes()
@@ -187,7 +187,7 @@ def test_serve_makes_its_state_and_answers_over_tls(start: Any, policy: Path, tm
     [line] = s.events("attestation")
     assert line["result"] == "ok" and line["workload"] == WORKLOAD and line["platform"] == "sim"
     assert line["duration_ms"] > 0
-    admin = (state / "admin.token").read_text()
+    admin = (state / "admin-token").read_text()
     assert admin not in s.stderr and "PRIVATE KEY" not in s.stderr
     assert "Traceback" not in s.stderr
 
@@ -337,3 +337,24 @@ def test_bad_key_or_crt_creates_nothing(enarx: RunEnarx, policy: Path, tmp_path:
               "--key", policy, "--crt", policy)
     assert r.returncode == 2 and b"CA key" in r.stderr and b"hint:" in r.stderr
     assert not state.exists()
+
+
+def test_workers_share_the_port_and_stop_together(start: Any, policy: Path, tmp_path: Path,
+                                                  sim: SimBackend) -> None:
+    """``--workers 2``: two processes serve one port and one SQLite file (a session started
+    at one worker is attested at whichever answers next); SIGTERM stops both, exit 0."""
+    state = tmp_path / "state"
+    s = start("--policy", str(policy), "--state-dir", str(state), "--workers", "2")
+    ca = (state / "ca.crt").read_bytes()
+    children = [int(p) for p in
+                Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    for _ in range(6):  # new connections: the kernel spreads them over both workers
+        with _client(ca, s.url) as c:
+            status, chain = _kbs_certificate(c, sim, workload=WORKLOAD)
+            assert status == 200, chain
+    assert s.kill(signal.SIGTERM) == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
+            f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    assert len(s.events("attestation")) == 6 and "Traceback" not in s.stderr

@@ -208,3 +208,26 @@ def test_expired_sessions_are_purged_as_auths_arrive(tmp_path: Path) -> None:
         assert all(store.get_session(s) is None for s in old)
     finally:
         store.close()
+
+
+def test_upstream_sgx_csr_is_checked_with_a_given_qe_identity(tmp_path: Path) -> None:
+    """``--sgx-qe-identity``: the QE Identity reaches DCAP verification. The only real SGX QE
+    Identities vendored are from 2025, not valid when the CSR was made (2023), so the refusal
+    is now about that collateral, no longer about a missing QE Identity."""
+    from enarx.steward.server import load_qe_identity
+
+    vec = Path(__file__).resolve().parents[1] / "data" / "vectors" / "sgx" / "zkdcap-sgx-v3"
+    qe = load_qe_identity(vec / "qe_identity.json")
+    store = open_store(None, tmp_path / "s")
+    try:
+        steward = Steward(StewardPolicy.loads(UPSTREAM_POLICY), StewardCA.create("svc CA"),
+                          EarSigner.generate(), store, [], sgx_qe_identity=qe,
+                          evidence_clock=lambda: dt.datetime(2023, 1, 27, tzinfo=dt.UTC))
+        r = _post(steward, (DATA / "icelake.signed.tcb.crl.single.i5.csr").read_bytes())
+        assert r.status_code == 401, r.text
+        [failed] = r.json()["failed"]
+        assert failed["rule"] == "dcap.collateral.not_yet_valid", r.text
+        assert "QE Identity" in failed["message"]
+        assert steward.store.list_issuances() == []
+    finally:
+        store.close()

@@ -651,3 +651,94 @@ def test_sqlite_stores_opening_a_new_file_at_once_all_succeed(tmp_path: Path) ->
         for t in threads:
             t.join(60)
         assert not errors, errors[0]
+
+
+def test_attest_session_redeems_and_records_in_one_step(store: Store) -> None:
+    store.create_session("s1", "n1", "snp", NOW + 60)
+    assert not store.attest_session("other", NOW, "t", "{}", None, "d", NOW + 3600)
+    assert not store.attest_session("s1", NOW + 61, "t", "{}", None, "d", NOW + 3600)  # expired
+    cmw = b"\x83\x00cmw"
+    assert store.attest_session("s1", NOW, "tok", '{"kty":"EC"}', "sha384:ab", "sha384:cd",
+                                NOW + 3600, evidence=cmw)
+    assert not store.attest_session("s1", NOW, "tok2", "{}", None, "d", NOW + 3600)  # once
+    assert store.redeem_nonce("s1", "n1", NOW) is None  # the nonce is spent
+    s = store.get_session("s1")
+    assert s is not None and s.used and s.attested and s.evidence == cmw
+    assert (s.token, s.workload, s.attested_expires_at) == ("tok", "sha384:ab", NOW + 3600)
+    store.create_session("s2", "n2", "snp", NOW + 60)
+    store.redeem_nonce("s2", "n2", NOW)  # a refused attempt spent it
+    assert not store.attest_session("s2", NOW, "t", "{}", None, "d", NOW + 3600)
+
+
+def test_concurrent_attest_session_succeeds_once(opener: Callable[[], Store]) -> None:
+    stores = [opener(), opener()]  # two "replicas"
+    stores[0].create_session("s1", "n1", "snp", NOW + 60)
+    n = 12
+    barrier = threading.Barrier(n)
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def attest(i: int) -> None:
+        try:
+            barrier.wait(10)
+            results.append(stores[i % 2].attest_session("s1", NOW, f"t{i}", "{}", None, "d",
+                                                        NOW + 3600))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=attest, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(results) == n and sum(results) == 1
+
+
+def test_sqlite_group_commit_acknowledges_only_durable_writes(tmp_path: Path) -> None:
+    """Concurrent SQLite writers share commits (group commit), yet each call returns only once
+    its row is committed: an independent connection sees it at that moment. A failing member
+    (duplicate id) and an aborted one (wrong nonce) change nothing for the others."""
+
+    from enarx.steward.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "g.db")
+    store.create_session("dup", "n", "snp", NOW + 60)
+    n = 24
+    barrier = threading.Barrier(n)
+    seen: list[bool] = []
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        check = sqlite3.connect(tmp_path / "g.db")
+        try:
+            barrier.wait(10)
+            if i == 0:
+                try:
+                    store.create_session("dup", "n", "snp", NOW + 60)
+                except StoreError:
+                    seen.append(True)
+                return
+            store.create_session(f"s{i}", f"n{i}", "snp", NOW + 60)
+            rows = check.execute("SELECT nonce FROM sessions WHERE id = ?", (f"s{i}",)).fetchall()
+            assert store.redeem_nonce(f"s{i}", "wrong", NOW) is None  # aborted member
+            assert store.attest_session(f"s{i}", NOW, "t", "{}", None, "d", NOW + 600)
+            used = check.execute("SELECT used, token FROM sessions WHERE id = ?",
+                                 (f"s{i}",)).fetchall()
+            seen.append(rows == [(f"n{i}",)] and used == [(1, "t")])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            check.close()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and seen == [True] * n
+    store.close()
+    reopened = SqliteStore(tmp_path / "g.db")
+    try:
+        assert all(reopened.get_session(f"s{i}") is not None for i in range(1, n))
+    finally:
+        reopened.close()

@@ -186,3 +186,17 @@ def test_identity_matches_an_independent_canonicalization(args: list[str],
     eff = effective_config(None, extra_args=args, extra_env=list(env.items()))
     assert identity_of(MODULE, None, extra_args=args, extra_env=list(env.items())) == \
         by_hand(MODULE, eff)
+
+
+def test_secret_declarations_count_in_the_identity_but_not_without_them() -> None:
+    plain = cfg.loads("")
+    assert "secrets" not in effective_config(plain)  # identities without secrets unchanged
+    one = cfg.loads('[[secrets]]\nresource = "app/key/db"\nenv = "DB"\n')
+    eff = effective_config(one)
+    assert eff["secrets"] == [{"resource": "app/key/db", "env": "DB"}]
+    as_file = cfg.loads('[[secrets]]\nresource = "app/key/db"\nfile = "db"\n')
+    other = cfg.loads('[[secrets]]\nresource = "app/key/xx"\nenv = "DB"\n')
+    ids = {identity_of(MODULE, c) for c in (plain, one, as_file, other)}
+    assert len(ids) == 4  # the host cannot re-route a secret without changing the identity
+    assert effective_config(as_file)["files"][-1] == {
+        "kind": "dir", "name": "secrets", "guest": "/run/secrets", "readonly": True}

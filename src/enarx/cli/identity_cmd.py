@@ -1,4 +1,5 @@
-"""``enarx identity``: the workload identity a Keep would attest for MODULE and its config."""
+"""``enarx identity``: the workload identity a Keep would attest for MODULE and its config,
+or for a package (a directory or a package SPEC: the package's tree digest)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import click
 
 from enarx.cli.run import RunCommand
-from enarx.errors import ConfigError, WorkloadNotFound
+from enarx.errors import ConfigError, UsageError, WorkloadNotFound
 
 __all__ = ["identity"]
 
@@ -26,8 +27,11 @@ __all__ = ["identity"]
               help="An --env the Keep is started with (as for `enarx run`). Repeatable.")
 @click.option("--no-fd-env", is_flag=True, help="The Keep runs with --no-fd-env.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print {identity, module_sha384, config} as JSON.")
-@click.argument("module", type=click.Path(dir_okay=False, path_type=Path))
+              help="Print {identity, module_sha384, config} (a package: {identity, tree, "
+              "encrypted, files}) as JSON.")
+@click.option("--allow-insecure", is_flag=True,
+              help="A package SPEC may use plain http:// to a host that is not loopback.")
+@click.argument("module", metavar="MODULE|PACKAGE")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def identity(
     wasmcfgfile: str | None,
@@ -35,10 +39,11 @@ def identity(
     envs: tuple[str, ...],
     no_fd_env: bool,
     as_json: bool,
-    module: Path,
+    allow_insecure: bool,
+    module: str,
     args: tuple[str, ...],
 ) -> None:
-    """Print the workload identity (sha384:<hex>) of MODULE run with ARGS.
+    """Print the workload identity (sha384:<hex>) of MODULE run with ARGS, or of a PACKAGE.
 
     \b
     It is what a Keep binds into its attestation evidence and what a steward policy's
@@ -51,6 +56,14 @@ def identity(
       enarx identity app.wasm
       enarx identity --wasmcfgfile Enarx.toml app.wasm
       enarx identity --env MODE=fast app.wasm input.json
+    \b
+    A PACKAGE (a directory with main.wasm, or a SPEC: file://DIR, HOST/USER/REPO:TAG,
+    oci://HOST/NAME:TAG, https://...) is identified by its tree digest, which is what
+    `enarx deploy` attests; its Enarx.toml is part of the tree, so --env, --dir,
+    --wasmcfgfile and ARGS do not apply. An encrypted package's identity is that of its
+    plaintext tree.
+      enarx identity ./my-package
+      enarx identity 127.0.0.1:8080/alice/app:1.0.0
     """
     import hashlib
 
@@ -58,11 +71,20 @@ def identity(
     from enarx.flags import parse_dir_spec, parse_env_flag
     from enarx.workload import effective_config, workload_identity
 
+    if _is_package(module):
+        if wasmcfgfile or dirs or envs or no_fd_env or args:
+            raise UsageError(
+                "--wasmcfgfile, --env, --dir, --no-fd-env and ARGS do not apply to a package",
+                hint="a package's identity is its tree digest; put the configuration in the "
+                "package's Enarx.toml")
+        _package_identity(module, as_json=as_json, allow_insecure=allow_insecure)
+        return
+    module_path = Path(module)
     conf = _load_config(wasmcfgfile)
     extra_dirs = [parse_dir_spec(d) for d in dirs]
     extra_env = [parse_env_flag(e) for e in envs]
     try:
-        wasm = module.read_bytes()
+        wasm = module_path.read_bytes()
     except FileNotFoundError:
         raise WorkloadNotFound(f"no such module: {module}") from None
     except OSError as e:
@@ -75,6 +97,39 @@ def identity(
                     "config": eff})
     else:
         click.echo(ident)
+
+
+_SPEC_PREFIXES = ("file://", "oci://", "oci+http://", "https://", "http://")
+
+
+def _is_package(arg: str) -> bool:
+    """A directory, a URL-form SPEC or a drawbridge slug (``[HOST/]USER/REPO:TAG`` that is not
+    an existing file); anything else is a module path, as before."""
+    if arg.startswith(_SPEC_PREFIXES) or Path(arg).is_dir():
+        return True
+    return not Path(arg).exists() and arg.count("/") in (1, 2) and ":" in arg.rsplit("/", 1)[-1]
+
+
+def _package_identity(arg: str, *, as_json: bool, allow_insecure: bool) -> None:
+    import os
+
+    from enarx.cli.output import print_json
+    from enarx.package.errors import PackageError
+    from enarx.package.fetch import ClientOptions, package_info
+    from enarx.package.spec import parse_spec
+
+    text = arg if arg.startswith(_SPEC_PREFIXES) or not Path(arg).is_dir() else f"file://{arg}"
+    spec = parse_spec(text, default_host=os.environ.get("ENARX_REGISTRY") or None)
+    info = package_info(spec, ClientOptions(allow_insecure=allow_insecure,
+                                            default_host=os.environ.get("ENARX_REGISTRY")))
+    if not info.get("encrypted") and "main.wasm" not in info.get("files", {}):
+        raise PackageError(f"{arg} has no main.wasm at its root",
+                           hint="a package is a directory with main.wasm, an optional "
+                           "Enarx.toml and optional data files")
+    if as_json:
+        print_json({k: info[k] for k in ("identity", "tree", "encrypted", "files") if k in info})
+    else:
+        click.echo(info["identity"])
 
 
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]

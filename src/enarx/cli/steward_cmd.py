@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-__all__ = ["ca", "serve", "steward"]
+__all__ = ["ca", "secret", "serve", "steward"]
 
 _STATE_HELP = ("directory for the CA key and certificate, EAR key, admin token and the SQLite "
                "database (default: $XDG_STATE_HOME/enarx/steward)")
@@ -43,9 +43,20 @@ def steward() -> None:
               "127.0.0.1 are always included")
 @click.option("--insecure-http", is_flag=True,
               help="serve plain HTTP, for use behind a TLS-terminating proxy only")
+@click.option("--collateral", type=click.Path(file_okay=False, path_type=Path),
+              help="Intel collateral cache (files as for `enarx attest verify --collateral`, "
+              "optionally in <fmspc>/ sub-directories) for TDX/SGX quotes sent without it")
+@click.option("--sgx-qe-identity", "sgx_qe_identity",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="SGX QE Identity (qe_identity.json, with qe_identity_issuer_chain.pem next "
+              "to it) to check upstream SGX CSRs, which carry none")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="steward processes sharing the port (replicas are stateless; with "
+              "SQLite they share the file)")
 def serve(policy: Path, addr: str, port: int, state: Path | None, db: str | None,
           key: Path | None, crt: Path | None, sans: tuple[str, ...],
-          insecure_http: bool) -> None:
+          insecure_http: bool, collateral: Path | None,
+          sgx_qe_identity: Path | None, workers: int) -> None:
     """Serve the steward over HTTPS until interrupted.
 
     On first start it creates its CA (P-384 key + self-signed certificate), an EAR signing
@@ -55,7 +66,8 @@ def serve(policy: Path, addr: str, port: int, state: Path | None, db: str | None
     from enarx.steward.server import serve as run_server
 
     run_server(policy, addr=addr, port=port, state=state, db=db, key=key, crt=crt,
-               sans=sans, insecure_http=insecure_http)
+               sans=sans, insecure_http=insecure_http, collateral=collateral,
+               sgx_qe_identity=sgx_qe_identity, workers=workers)
 
 
 @steward.command()
@@ -67,3 +79,56 @@ def ca(state: Path | None, db: str | None) -> None:
     from enarx.steward.server import default_state_dir, read_ca_pem
 
     click.echo(read_ca_pem(state or default_state_dir(), db).decode("ascii"), nl=False)
+
+
+@steward.group()
+def secret() -> None:
+    """Store secrets (resources) in the steward through its admin API.
+
+    \b
+      enarx steward secret put app/key/db --file db.key --steward https://127.0.0.1:3000 \\
+          --steward-ca steward-ca.pem --admin-token-file STATE_DIR/admin-token
+
+    A Keep receives a resource only after attesting, as a JWE wrapped to its one-time key,
+    and only when the policy's [resources] section grants the path to its workload.
+    """
+
+
+@secret.command("put")
+@click.argument("path")
+@click.option("--file", "file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="file holding the secret's bytes")
+@click.option("--steward", "url", required=True, envvar="ENARX_STEWARD",
+              help="the steward's URL (https://; plain http only on loopback)")
+@click.option("--steward-ca", "ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the steward's CA certificate PEM (`enarx steward ca`)")
+@click.option("--admin-token-file", "token_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the admin token (the steward's STATE_DIR/admin-token)")
+def put(path: str, file: Path, url: str, ca: Path | None, token_file: Path) -> None:
+    """Store FILE's bytes as resource PATH ("repo/type/tag"), replacing any previous value."""
+    from enarx.client.steward_admin import StewardAdmin, read_admin_token, validate_resource_path
+
+    validate_resource_path(path)
+    admin = StewardAdmin(url, read_admin_token(token_file), ca)
+    admin.put_resource(path, file.read_bytes())
+    click.echo(f"stored resource {path} ({file.stat().st_size} bytes)")
+
+
+@secret.command("delete")
+@click.argument("path")
+@click.option("--steward", "url", required=True, envvar="ENARX_STEWARD",
+              help="the steward's URL (https://; plain http only on loopback)")
+@click.option("--steward-ca", "ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="the steward's CA certificate PEM (`enarx steward ca`)")
+@click.option("--admin-token-file", "token_file", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="file holding the admin token (the steward's STATE_DIR/admin-token)")
+def delete(path: str, url: str, ca: Path | None, token_file: Path) -> None:
+    """Delete resource PATH ("repo/type/tag") from the steward."""
+    from enarx.client.steward_admin import StewardAdmin, read_admin_token, validate_resource_path
+
+    validate_resource_path(path)
+    StewardAdmin(url, read_admin_token(token_file), ca).delete_resource(path)
+    click.echo(f"deleted resource {path}")

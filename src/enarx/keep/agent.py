@@ -19,9 +19,11 @@ from enarx.runtime.run import RunLimits, run
 
 if TYPE_CHECKING:  # the config model (pydantic) is not imported for a run without Enarx.toml
     from enarx.config import Config
-    from enarx.keep.attest import StewardTarget
+    from enarx.keep.attest import Attested, StewardTarget
+    from enarx.keep.release import Released
     from enarx.keep.tls import KeepIdentity
     from enarx.platform.base import Backend
+    from enarx.wasi.memfs import MemTree
 
 
 __all__ = ["Workload", "run_workload"]
@@ -49,6 +51,8 @@ def run_workload(
     fd_env: bool = True,
     identity: KeepIdentity | None = None,
     steward: StewardTarget | None = None,
+    released: Released | None = None,
+    package: MemTree | None = None,
 ) -> int:
     """Run ``workload``; returns its exit code.
 
@@ -56,29 +60,48 @@ def run_workload(
     fresh self-signed one-time key (created here, per run: no process-global identity).
     With ``steward``, the Keep first attests (evidence binding its one-time key and the
     workload identity) and the issued certificate becomes ``identity``; a refusal raises
-    (``AttestationRefused``, exit 4) and the workload never starts.
+    (``AttestationRefused``, exit 4) and the workload never starts. Enarx.toml
+    ``[[secrets]]`` are then released by the steward (or come in ``released``, when the
+    caller attested: ``enarx deploy``) and reach the guest as env vars and in-memory files.
+    ``package`` (deploy) is the decrypted package tree: ``dir`` entries resolve inside it,
+    in memory, and never on the host disk.
     """
     from enarx.keep.files import needs_tls, open_files
     from enarx.wasi.host import WasiHost
 
+    secrets = list(config.secrets) if config is not None else []
+    if secrets and steward is None and released is None:
+        from enarx.errors import UsageError
+
+        raise UsageError(
+            "Enarx.toml declares [[secrets]], which only a steward releases",
+            hint="pass --steward URL --steward-ca PEM (or set steward in Enarx.toml)",
+        )
     module = compile_module(workload.wasm, limits.settings, cache=cache, on_compile=on_compile)
     # No config: stdio as fds 0-2 (upstream's default); --dir pre-opens follow the files.
     files = [*(config.effective_files if config else DEFAULT_FILES), *extra_dirs]
     if steward is not None:
-        identity = _attest(workload, config, backend, steward.with_listeners(files),
-                           extra_dirs=extra_dirs, extra_args=extra_args, extra_env=extra_env,
-                           fd_env=fd_env)
+        identity, attested = _attest(workload, config, backend, steward.with_listeners(files),
+                                     extra_dirs=extra_dirs, extra_args=extra_args,
+                                     extra_env=extra_env, fd_env=fd_env)
+        if secrets:  # released only now, after a successful attestation
+            from enarx.keep.release import release_secrets
+
+            released = release_secrets(steward, attested, secrets)
     if identity is None and needs_tls(files):
         from enarx.keep.tls import self_signed
 
         identity = self_signed()
-    fds = open_files(files, stdio=stdio, base_dir=base_dir, identity=identity)
+    fds = open_files(files, stdio=stdio, base_dir=base_dir, identity=identity,
+                     secret_files=released.files if released is not None else None,
+                     package=package)
     # FD_COUNT/FD_NAMES come first (config validation refuses user values for them);
     # --env flags override Enarx.toml's env.
     env = {
         **(fd_environment(files) if fd_env else {}),
         **(config.env if config else {}),
         **dict(extra_env),
+        **(dict(released.env) if released is not None else {}),
     }
     args = [workload.argv0, *(config.args if config else ()), *extra_args]
     # os.fsencode: an argument or --env taken from a non-UTF-8 command line reaches us as
@@ -103,7 +126,7 @@ def _attest(
     backend: Backend,
     steward: StewardTarget,
     **merged: Any,
-) -> KeepIdentity:
+) -> tuple[KeepIdentity, Attested]:
     """Attest to ``steward`` for exactly what will run; the issued identity (leaf + CA)."""
     import sys
 
@@ -116,4 +139,4 @@ def _attest(
     print(f"enarx: attested to {steward.url}: workload {ident}; certificate serial "
           f"{issued.cert.serial_number:x}, valid until "
           f"{issued.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}", file=sys.stderr, flush=True)
-    return issued
+    return issued, attested

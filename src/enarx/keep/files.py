@@ -7,13 +7,14 @@ before the workload starts, so a missing directory is a clear error naming the e
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from enarx.errors import ResourceError
 from enarx.flags import file_name
 from enarx.wasi.dirhandle import DirHandle
 from enarx.wasi.fdtable import FdTable, NullHandle, StdioHandle
+from enarx.wasi.memfs import MemDirHandle, MemTree
 
 if TYPE_CHECKING:  # cryptography is imported only when a TLS entry needs it
     from enarx.keep.tls import KeepIdentity
@@ -27,10 +28,15 @@ def open_files(
     stdio: tuple[int, int, int] = (0, 1, 2),
     base_dir: str = ".",
     identity: KeepIdentity | None = None,
+    secret_files: Mapping[str, bytes] | None = None,
+    package: MemTree | None = None,
 ) -> FdTable:
     """Build the fd table; relative ``dir`` host paths resolve against ``base_dir``.
 
     ``identity`` is the Keep's TLS identity for this run, needed by ``prot = "tls"`` sockets.
+    ``secret_files`` fill the in-memory ``/run/secrets`` entry (``[[secrets]]``); with
+    ``package`` (``enarx deploy``) every ``dir`` entry is a directory of that in-memory tree,
+    read-only, and no host directory is opened.
 
     Entries are dispatched on ``kind``, so Enarx.toml models and the light specs of
     :mod:`enarx.flags` (``enarx run`` without a config: no pydantic import) both work.
@@ -47,6 +53,10 @@ def open_files(
             table.add(StdioHandle(stdio[2]))
         elif kind == "null":
             table.add(NullHandle())
+        elif kind == "dir" and getattr(f, "memory", False):
+            table.add(MemDirHandle.preopen_tree(dict(secret_files or {}), f.guest_path))
+        elif kind == "dir" and package is not None:
+            table.add(_package_dir(f, where, package))
         elif kind == "dir":
             host = os.path.join(base_dir, os.path.expanduser(f.host))
             try:
@@ -58,6 +68,27 @@ def open_files(
         else:  # pragma: no cover - the config model admits no other kind
             raise ResourceError(f"{where}: unsupported kind {f.kind!r}")
     return table
+
+
+def _package_dir(f: Any, where: str, package: MemTree) -> MemDirHandle:
+    """A deployed package's ``dir`` entry: ``host`` is a directory inside the package."""
+    if not f.readonly:
+        raise ResourceError(f"{where}: a deployed package's directories are read-only",
+                            hint='set readonly = true on the entry in the package\'s Enarx.toml')
+    node: Any = package
+    for comp in os.path.normpath(f.host).split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == ".." or not isinstance(node, Mapping) or comp not in node:
+            raise ResourceError(
+                f"{where}: {f.host!r} is not a directory of the package",
+                hint="in a deployed package, `host` names a directory inside the package "
+                "(the host's own disk is not trusted)",
+            )
+        node = node[comp]
+    if not isinstance(node, Mapping):
+        raise ResourceError(f"{where}: {f.host!r} is a file of the package, not a directory")
+    return MemDirHandle.preopen_tree(node, f.guest_path)
 
 
 def needs_tls(files: Sequence[Any]) -> bool:

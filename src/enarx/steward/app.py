@@ -356,7 +356,7 @@ def create_app(
         token = _bearer(request)
         if token is None or not hmac.compare_digest(token.encode(), admin_token.encode()):
             raise Unauthorized("resource writes need the admin token",
-                               hint="send `Authorization: Bearer <state-dir/admin.token>`")
+                               hint="send `Authorization: Bearer <state-dir/admin-token>`")
         if request.method == "DELETE":
             if not await run_in_threadpool(steward.delete_resource, path):
                 raise NotFound(f"no resource {path}")

@@ -5,7 +5,8 @@ Pure: models, parsers and the two cryptographic rules of the protocol; the HTTP 
 
 ``POST /kbs/v0/auth``  ``{"version": "0.4.0", "tee": "snp", "extra-params": {...}}``
     → ``{"nonce": <standard base64 of 32 random bytes>, "extra-params": ""}`` and the cookie
-    ``kbs-session-id`` (set by the app). ``version`` must be exactly ``0.4.0``.
+    ``kbs-session-id`` (set by the app). ``version`` must be exactly ``0.4.0``; another
+    version is answered 401 as the protocol document says.
 
 ``POST /kbs/v0/attest``  ``{"init-data"?: {"format", "body"}, "runtime-data": {"nonce",
     "tee-pubkey": JWK, "workload"?}, "tee-evidence": {"primary_evidence": ...,
@@ -22,8 +23,10 @@ Resources travel as an RFC 7516 flattened JWE with exactly ``protected``, ``encr
 for EC P-256/P-521 keys and RSA-OAEP-256 for RSA keys. P-384 is refused as Trustee does.
 
 Evidence of our Keeps (``tee: "snp"``; the sim backend is SNP-format): ``primary_evidence =
-{"attestation_report": base64(report), "cert_chain": [base64(DER), ...]}``; ``tee: "sample"``
-carries no evidence (the nil backend).
+{"attestation_report": base64(report), "cert_chain": [base64(DER), ...]}``. Trustee's SNP
+attester sends ``{"attestation_report": {<sev crate JSON>}, "cert_chain": [{"cert_type",
+"data"}] | null}`` instead; both are accepted (``steward/trustee_snp.py`` has the mapping).
+``tee: "sample"`` carries no evidence (the nil backend).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import secrets
 from typing import Any, Literal
 
 import rfc8785
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from enarx.errors import ProtocolError
@@ -55,9 +60,12 @@ __all__ = [
     "decrypt_resource",
     "encrypt_resource",
     "expected_report_data",
+    "jwk_spki",
     "parse_attestation",
     "parse_request",
     "parse_snp_evidence",
+    "report_data_for",
+    "runtime_data_jcs",
     "validate_tee_pubkey",
 ]
 
@@ -177,6 +185,12 @@ def _first_error(e: ValidationError, what: str) -> ProtocolError:
 def parse_request(body: bytes | str) -> KbsRequest:
     """Parse and check a ``/auth`` body; ``ProtocolError`` (InvalidRequest) otherwise."""
     data = _load_json(body, "auth request")
+    if isinstance(data, dict) and isinstance(data.get("version"), str) \
+            and data["version"] != PROTOCOL_VERSION:
+        # Trustee's protocol: a KBS that rejects the Request's version answers 401.
+        raise _bad(f"protocol version must be exactly {PROTOCOL_VERSION}, got "
+                   f"{data['version']!r}", kind="Unauthorized",
+                   hint=f"speak KBS protocol {PROTOCOL_VERSION}")
     try:
         return KbsRequest.model_validate(data)
     except ValidationError as e:
@@ -237,10 +251,11 @@ def _b64url(value: str) -> bytes:
         raise _bad("tee-pubkey members must be base64url") from None
 
 
-def expected_report_data(
+def runtime_data_jcs(
     runtime_data: RuntimeData | dict[str, Any], additional_evidence: str = ""
 ) -> bytes:
-    """The 64 REPORT_DATA bytes that bind ``runtime_data`` (see the module docstring)."""
+    """The exact RFC 8785 bytes whose SHA-384 is REPORT_DATA (see the module docstring);
+    certificates carry them (CMW runtime data) so anyone can recompute the binding."""
     if isinstance(runtime_data, RuntimeData):
         # The JWK exactly as received (to_json would drop null members inside it).
         rd: dict[str, Any] = {"tee-pubkey": runtime_data.tee_pubkey,
@@ -254,8 +269,20 @@ def expected_report_data(
     }
     if rd.get("workload") is not None:
         obj["workload"] = rd["workload"]
-    digest = hashlib.sha384(rfc8785.dumps(obj)).digest()
-    return digest.ljust(REPORT_DATA_SIZE, b"\0")
+    out: bytes = rfc8785.dumps(obj)
+    return out
+
+
+def report_data_for(jcs: bytes) -> bytes:
+    """SHA-384 of the JCS bytes, zero-padded to the 64 bytes of REPORT_DATA."""
+    return hashlib.sha384(jcs).digest().ljust(REPORT_DATA_SIZE, b"\0")
+
+
+def expected_report_data(
+    runtime_data: RuntimeData | dict[str, Any], additional_evidence: str = ""
+) -> bytes:
+    """The 64 REPORT_DATA bytes that bind ``runtime_data`` (see the module docstring)."""
+    return report_data_for(runtime_data_jcs(runtime_data, additional_evidence))
 
 
 class SnpEvidence(_Model):
@@ -273,19 +300,30 @@ def _b64(value: Any, what: str) -> bytes:
 
 
 def parse_snp_evidence(tee_evidence: TeeEvidence | dict[str, Any]) -> SnpEvidence:
-    """Decode our Keeps' SNP ``primary_evidence`` (base64 report and DER certificates)."""
+    """Decode SNP ``primary_evidence``: ours (base64 report, base64 DER ``cert_chain``) or
+    Trustee's attester's (the sev crate's JSON report and ``{cert_type, data}`` entries,
+    converted by ``steward.trustee_snp``)."""
+    from enarx.steward import trustee_snp
+
     primary = (tee_evidence.primary_evidence if isinstance(tee_evidence, TeeEvidence)
                else tee_evidence.get("primary_evidence"))
+    if isinstance(primary, str):  # a client that serialised the evidence object to a string
+        primary = _load_json(primary, "primary_evidence")
     if not isinstance(primary, dict):
         raise _bad("tee-evidence.primary_evidence must be an object with attestation_report",
                    kind="InvalidEvidence")
-    report = _b64(primary.get("attestation_report"), "attestation_report")
+    raw = primary.get("attestation_report")
+    report = (trustee_snp.report_from_json(raw) if isinstance(raw, dict)
+              else _b64(raw, "attestation_report"))
     chain = primary.get("cert_chain", [])
     if chain is None:
         chain = []
     if not isinstance(chain, list):
         raise _bad("cert_chain must be a list of base64 DER certificates", kind="InvalidEvidence")
-    certs = tuple(_b64(c, f"cert_chain[{i}]") for i, c in enumerate(chain))
+    if chain and all(isinstance(c, dict) for c in chain):
+        certs = tuple(trustee_snp.chain_from_json(chain))
+    else:
+        certs = tuple(_b64(c, f"cert_chain[{i}]") for i, c in enumerate(chain))
     return SnpEvidence(report=report, cert_chain=certs)
 
 
@@ -348,3 +386,38 @@ def decrypt_resource(jwe_obj: Any, private_key: Any) -> bytes:
     if out.plaintext is None:
         raise _bad("JWE has no plaintext", kind="JWEFailed", hint=None)
     return out.plaintext
+
+
+# --- JWK → SubjectPublicKeyInfo (the CSR must be for the attested key) ---------------------
+
+
+def _b64int(value: Any) -> int:
+    if not isinstance(value, str):
+        raise _bad("tee-pubkey is not a valid JWK")
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (ValueError, binascii.Error):
+        raise _bad("tee-pubkey is not a valid JWK") from None
+    return int.from_bytes(raw, "big")
+
+
+_CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1,
+                                              "P-521": ec.SECP521R1}
+
+
+def jwk_spki(jwk: dict[str, Any]) -> bytes:
+    """DER SubjectPublicKeyInfo of an EC or RSA public JWK (already validated by ``validate_tee_pubkey``); ``ProtocolError`` otherwise."""
+    try:
+        if jwk.get("kty") == "EC" and jwk.get("crv") in _CURVES:
+            key: Any = ec.EllipticCurvePublicNumbers(
+                _b64int(jwk.get("x")), _b64int(jwk.get("y")), _CURVES[jwk["crv"]]()
+            ).public_key()
+        elif jwk.get("kty") == "RSA":
+            key = rsa.RSAPublicNumbers(_b64int(jwk.get("e")), _b64int(jwk.get("n"))).public_key()
+        else:
+            raise _bad("tee-pubkey must be an EC or RSA JWK")
+    except ValueError:  # not a point on the curve, bad RSA numbers
+        raise _bad("tee-pubkey is not a valid JWK") from None
+    der: bytes = key.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+    return der

@@ -5,7 +5,7 @@ State directory (0700; ``--state-dir``, default ``$XDG_STATE_HOME/enarx/steward`
 - ``ca.crt``       the CA certificate (PEM, 0644) — what Keeps and clients trust
 - ``ca.key``       the CA key (PEM, 0600), unless ``--key/--crt`` supply the CA
 - ``ear.key``      the EAR signing key (P-256 PEM, 0600)
-- ``admin.token``  bearer token for resource writes (0600)
+- ``admin-token``  bearer token for resource writes (0600; ``--admin-token-file``)
 - ``server.key`` / ``server.crt``  this process's TLS key and chain (0600 / 0644)
 - ``steward.db``   the SQLite database when ``--db`` is not given
 
@@ -39,6 +39,7 @@ __all__ = [
     "StewardState",
     "default_state_dir",
     "load_policy",
+    "load_qe_identity",
     "load_state",
     "make_app",
     "read_ca_pem",
@@ -152,7 +153,7 @@ def load_state(state: Path, db: str | None, *, key: Path | None = None,
         signer = EarSigner.from_pem(ear_pem)
         token = store.get_or_create_secret(
             _SECRET_ADMIN, lambda: secrets.token_urlsafe(32).encode()).decode()
-        _write_if_changed(state / "admin.token", token.encode(), 0o600)
+        _write_if_changed(state / "admin-token", token.encode(), 0o600)
     except BaseException:
         store.close()
         raise
@@ -196,14 +197,30 @@ def load_policy(path: Path) -> tuple[Any, list[bytes]]:
     return policy, roots
 
 
+def load_qe_identity(path: Path) -> tuple[bytes, bytes]:
+    """``--sgx-qe-identity FILE``: the SGX QE Identity document (Intel PCS
+    ``qe_identity.json``) and its issuer chain, ``qe_identity_issuer_chain.pem`` next to it."""
+    chain = Path(path).with_name("qe_identity_issuer_chain.pem")
+    return _read(Path(path), "SGX QE identity"), _read(chain, "QE identity issuer chain")
+
+
 def make_app(policy_path: Path, state: StewardState, *, secure_cookies: bool = True,
-             max_body: int | None = None) -> Any:
-    """The ASGI app for ``policy_path`` over a loaded state."""
+             max_body: int | None = None, collateral: Path | None = None,
+             sgx_qe_identity: Path | None = None) -> Any:
+    """The ASGI app for ``policy_path`` over a loaded state; ``collateral`` is the Intel
+    collateral cache for TDX/SGX quotes sent without it, ``sgx_qe_identity`` the QE Identity
+    that upstream SGX CSRs (which carry none) are checked with."""
     from enarx.steward.app import MAX_BODY, create_app
     from enarx.steward.service import Steward
 
     policy, roots = load_policy(policy_path)
-    steward = Steward(policy, state.ca, state.ear_signer, state.store, roots)
+    qe = load_qe_identity(sgx_qe_identity) if sgx_qe_identity is not None else None
+    if collateral is not None and not Path(collateral).is_dir():
+        raise UsageError(f"--collateral {collateral}: not a directory",
+                         hint="a directory of tcb_info.json, qe_identity.json, ... (optionally "
+                         "in <fmspc>/ sub-directories)")
+    steward = Steward(policy, state.ca, state.ear_signer, state.store, roots,
+                      sgx_qe_identity=qe, collateral_dir=collateral)
     return create_app(steward, admin_token=state.admin_token, secure_cookies=secure_cookies,
                       max_body=max_body or MAX_BODY)
 
@@ -235,17 +252,26 @@ def serve(
     crt: Path | None = None,
     sans: Sequence[str] = (),
     insecure_http: bool = False,
+    collateral: Path | None = None,
+    sgx_qe_identity: Path | None = None,
+    workers: int = 1,
 ) -> None:
-    """Run until interrupted (SIGINT/SIGTERM end it cleanly)."""
+    """Run until interrupted (SIGINT/SIGTERM end it cleanly); ``workers`` > 1 forks that
+    many processes sharing the socket (``steward.workers``)."""
     import uvicorn
 
     from enarx.cli.output import warn
 
     policy_path = Path(policy_path)
-    load_policy(policy_path)  # refuse a bad policy before touching the state dir
-    st = load_state(state or default_state_dir(), db, key=key, crt=crt)
+    load_policy(policy_path)  # refuse a bad policy (or options) before touching the state dir
+    if sgx_qe_identity is not None:
+        load_qe_identity(sgx_qe_identity)
+    if collateral is not None and not Path(collateral).is_dir():
+        raise UsageError(f"--collateral {collateral}: not a directory",
+                         hint="a directory of tcb_info.json, qe_identity.json, ...")
+    state_path = state or default_state_dir()
+    st = load_state(state_path, db, key=key, crt=crt)
     try:
-        app = make_app(policy_path, st, secure_cookies=not insecure_http)
         ssl: dict[str, Any] = {}
         if insecure_http:
             warn("--insecure-http: serving plain HTTP; put a TLS-terminating proxy in front")
@@ -260,10 +286,32 @@ def serve(
         host = f"[{addr}]" if ":" in addr else addr
         sock = _bind(addr, port)
         url = f"{scheme}://{host}:{sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                server_header=False, lifespan="off",
-                                timeout_graceful_shutdown=5, **ssl)
-        _server_class()(config, url).run(sockets=[sock])
+
+        def run(index: int, loaded: StewardState) -> None:
+            app = make_app(policy_path, loaded, secure_cookies=not insecure_http,
+                           collateral=collateral, sgx_qe_identity=sgx_qe_identity)
+            config = uvicorn.Config(app, log_level="warning", access_log=False,
+                                    server_header=False, lifespan="off",
+                                    timeout_graceful_shutdown=5, **ssl)
+            # Only the first worker announces the URL (the socket is shared).
+            _server_class()(config, url if index == 0 else "").run(sockets=[sock])
+
+        if workers <= 1:
+            run(0, st)
+            return
+        st.store.close()  # no connection may cross a fork: each worker opens its own
+
+        def child(index: int) -> None:
+            loaded = load_state(state_path, db, key=key, crt=crt)
+            try:
+                run(index, loaded)
+            finally:
+                loaded.store.close()
+
+        from enarx.steward.workers import run_workers
+
+        if run_workers(workers, child) != 0:
+            raise ResourceError("a steward worker failed", hint="see the messages above")
     finally:
         st.store.close()
 
@@ -295,7 +343,7 @@ def _server_class() -> Any:
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
-            if self.started:
+            if self.started and self.url:
                 log.info(json.dumps({"event": "listening", "url": self.url}))
 
     return _Server

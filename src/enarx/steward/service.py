@@ -11,7 +11,7 @@ whole request succeeded.
 from __future__ import annotations
 
 import base64
-import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -23,12 +23,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from enarx.attestation.result import VerifiedEvidence
 from enarx.attestation.snp.verify import SnpVerifier
@@ -168,16 +168,14 @@ def _spki(key: Any) -> bytes:
     return der
 
 
-def _runtime_json(rd: dict[str, Any], additional: str) -> bytes:
-    """The exact JCS bytes whose SHA-384 is REPORT_DATA (kept in the certificate's CMW)."""
-    import rfc8785
-
-    obj: dict[str, Any] = {"tee-pubkey": rd["tee-pubkey"], "nonce": rd["nonce"],
-                           "additional-evidence": additional}
-    if rd.get("workload") is not None:
-        obj["workload"] = rd["workload"]
-    out: bytes = rfc8785.dumps(obj)
-    return out
+def _check_binding(ev: VerifiedEvidence, expected: bytes) -> None:
+    """REPORT_DATA must be the key-broker binding of this session (constant-time compare)."""
+    if not hmac.compare_digest(ev.report_data, expected):
+        raise Refused("the evidence does not bind this request's nonce, key and workload",
+                      failed=[{"rule": "report_data", "expected": expected.hex(),
+                               "actual": ev.report_data.hex(),
+                               "message": "REPORT_DATA must be SHA-384(JCS(runtime-data))"}],
+                      hint="make the evidence for this session's nonce and this key")
 
 
 def _refusal(prefix: str, failed: list[dict[str, Any]]) -> Refused:
@@ -193,7 +191,8 @@ class Steward:
     ``ear_signer`` a ``steward.ear.EarSigner``, ``store`` a ``steward.store.Store``;
     ``trust_roots`` are the extra (non-vendor) roots the policy names, as PEM/DER;
     ``purge_every``: every that many ``/auth`` calls (and at the first), expired sessions are
-    deleted. ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
+    deleted. ``collateral_dir`` holds Intel collateral for TDX/SGX quotes that arrive
+    without it. ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
     verified at, so tests can check recorded fixtures as of their capture time.
     """
 
@@ -210,6 +209,7 @@ class Steward:
         sgx_qe_identity: tuple[bytes, bytes] | None = None,
         evidence_clock: Callable[[], dt.datetime] | None = None,
         purge_every: int = 1000,
+        collateral_dir: Path | None = None,
     ) -> None:
         self.policy = policy
         self.ca = ca
@@ -220,6 +220,8 @@ class Steward:
         self.evidence_clock = evidence_clock or clock
         self.verifier_id = verifier_id
         self.sgx_qe_identity = sgx_qe_identity
+        #: Intel collateral for TDX/SGX quotes sent without it (``--collateral DIR``)
+        self.collateral_dir = collateral_dir
         self.purge_every = purge_every
         self._auths = itertools.count()
         self.trust_roots = [bytes(r) for r in trust_roots]
@@ -288,32 +290,51 @@ class Steward:
         att = kbs.parse_attestation(body)
         rd = att.runtime_data
         now = self.clock()
-        session = self.store.redeem_nonce(session_id, rd.nonce, now)
-        if session is None:
+        # Read, check, verify, then redeem + record in ONE write transaction (one commit).
+        # The session row's nonce never changes, so checking it here (constant-time) and
+        # claiming the row with `used = 0` in the write is as strict as redeeming first;
+        # a refusal after this point spends the nonce (``_spend``), as before.
+        session = self.store.get_session(session_id)
+        if (session is None or session.used or session.expires_at <= now.timestamp()
+                or not hmac.compare_digest(session.nonce.encode(),
+                                           rd.nonce.encode(errors="surrogatepass"))):
             raise Unauthorized("unknown session, or its nonce was already used or expired",
                                hint="start again with POST /kbs/v0/auth")
         info["tee"] = session.tee
         workload = rd.workload
         info["workload"] = workload
         additional = att.tee_evidence.additional_evidence
-        runtime_json = _runtime_json(rd.to_json(), additional)
-        expected = kbs.expected_report_data(rd, additional)
-        checked = self._verify_kbs(session.tee, att, runtime_json, expected, now)
-        info["platform"] = checked.kind
-        appraisal = appraise(
-            self.policy, checked.evidence, kind=checked.kind, vendor_root=checked.vendor_root,
-            workload=workload, workload_bound=True)
-        info["status"] = appraisal.status
-        if not appraisal.ok:
-            raise _refusal("attestation refused by the steward's policy", _failures(appraisal))
+        # One JCS serialisation: its SHA-384 is REPORT_DATA and its bytes go in the CMW.
+        runtime_json = kbs.runtime_data_jcs(rd, additional)
+        expected = kbs.report_data_for(runtime_json)
+        try:
+            checked = self._verify_kbs(session.tee, att, runtime_json, expected, now)
+            info["platform"] = checked.kind
+            appraisal = appraise(
+                self.policy, checked.evidence, kind=checked.kind,
+                vendor_root=checked.vendor_root, workload=workload, workload_bound=True)
+            info["status"] = appraisal.status
+            if not appraisal.ok:
+                raise _refusal("attestation refused by the steward's policy",
+                               _failures(appraisal))
+        except EnarxError:
+            self._spend(session_id, rd.nonce, now)
+            raise
         pub_json = json.dumps(rd.tee_pubkey, sort_keys=True, separators=(",", ":"))
         token = self._sign_ear(checked, appraisal, rd.nonce, rd.tee_pubkey, workload, now)
-        if not self.store.set_attested(session_id, token, pub_json, workload, checked.digest,
-                                       now + SESSION_TTL, evidence=checked.cmw):
-            raise Unauthorized("the session was already attested",
+        if not self.store.attest_session(session_id, now, token, pub_json, workload,
+                                         checked.digest, now + SESSION_TTL,
+                                         evidence=checked.cmw):
+            raise Unauthorized("unknown session, or its nonce was already used or expired",
                                hint="start again with POST /kbs/v0/auth")
         return AttestOutcome(token=token, status=appraisal.status, workload=workload,
                              platform=checked.kind)
+
+    def _spend(self, session_id: str, nonce: str, now: dt.datetime) -> None:
+        """A refused attestation uses up the session's nonce (no retry with the same one)."""
+        # The refusal is what the Keep must see; an unspent nonce still expires.
+        with contextlib.suppress(EnarxError):
+            self.store.redeem_nonce(session_id, nonce, now)
 
     def _verify_kbs(self, tee: str, att: Any, runtime_json: bytes, expected: bytes,
                     now: dt.datetime) -> _Checked:
@@ -321,22 +342,35 @@ class Steward:
 
         if tee == "sample":
             return _Checked("nil", None, False, b"", "none")
+        if tee in ("tdx", "sgx"):
+            return self._verify_dcap("tdx" if tee == "tdx" else "sgx", att, runtime_json,
+                                     expected)
         if tee != "snp":
             raise BadRequest(f"tee {tee!r} is not supported by this steward",
-                             hint='use tee "snp" (SEV-SNP and the sim backend) or "sample" (nil)')
+                             hint='use tee "snp" (SEV-SNP and the sim backend), "tdx", "sgx" '
+                             'or "sample" (nil)')
         snp = kbs.parse_snp_evidence(att.tee_evidence)
         ev = self._verify_snp(snp.report, snp.cert_chain, (), self.evidence_clock())
-        if not hmac.compare_digest(ev.report_data, expected):
-            raise Refused("the evidence does not bind this request's nonce, key and workload",
-                          failed=[{"rule": "report_data", "expected": expected.hex(),
-                                   "actual": ev.report_data.hex(),
-                                   "message": "REPORT_DATA must be SHA-384(JCS(runtime-data))"}],
-                          hint="make the evidence for this session's nonce and this key")
+        _check_binding(ev, expected)
         vendor = self._vendor_root(ev)
         cmw = extensions.encode_cmw(extensions.CmwEvidence(
             "snp", snp.report, tuple(snp.cert_chain), runtime_json))
         return _Checked("snp" if vendor else "sim", ev, vendor, cmw,
                         "sha384:" + hashlib.sha384(snp.report).hexdigest())
+
+    def _verify_dcap(self, tee: Kind, att: Any, runtime_json: bytes,
+                     expected: bytes) -> _Checked:
+        from enarx.steward import dcap_kbs, extensions
+
+        dcap = dcap_kbs.parse_dcap_evidence(att.tee_evidence.primary_evidence)
+        try:
+            ev = dcap_kbs.verify_dcap(tee, dcap, at=self.evidence_clock(),
+                                      collateral_dir=self.collateral_dir)
+        except AttestationError as exc:
+            raise _verification_failed(exc) from None
+        _check_binding(ev, expected)
+        cmw = extensions.encode_cmw(extensions.CmwEvidence(tee, dcap.quote, (), runtime_json))
+        return _Checked(tee, ev, True, cmw, "sha384:" + hashlib.sha384(dcap.quote).hexdigest())
 
     def _verify_snp(self, report: bytes, certs: Sequence[bytes], crls: Sequence[bytes],
                     at: dt.datetime) -> VerifiedEvidence:
@@ -376,7 +410,7 @@ class Steward:
 
     def issue_for_session(self, session_id: str | None, csr_der: bytes) -> list[bytes]:
         """``POST /enarx/v1/certificate``: one certificate for the session's attested key."""
-        from enarx.steward import extensions
+        from enarx.steward import extensions, kbs
 
         if not session_id:
             raise Unauthorized("no kbs-session-id cookie", hint="attest first (/kbs/v0/auth, "
@@ -395,7 +429,7 @@ class Steward:
         # decoding suffices; its lifetime is the session's attested_expires_at.
         claims = _token_claims(session.token)
         sub = claims["submods"]["cpu0"]
-        pub = _jwk_spki(json.loads(session.tee_pubkey or "{}"))
+        pub = kbs.jwk_spki(json.loads(session.tee_pubkey or "{}"))
         if not hmac.compare_digest(_spki(csr.public_key()), pub):
             raise Unauthorized("the CSR's key is not the key this session attested",
                                hint="sign the CSR with the tee-pubkey sent to /kbs/v0/attest")
@@ -552,33 +586,3 @@ def _token_claims(token: str) -> dict[str, Any]:
     claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(
         token.split(".")[1] + "=" * (-len(token.split(".")[1]) % 4)))
     return claims
-
-
-def _b64int(value: Any) -> int:
-    if not isinstance(value, str):
-        raise BadRequest("tee-pubkey is not a valid JWK")
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (ValueError, binascii.Error):
-        raise BadRequest("tee-pubkey is not a valid JWK") from None
-    return int.from_bytes(raw, "big")
-
-
-_CURVES: dict[str, type[ec.EllipticCurve]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1,
-                                              "P-521": ec.SECP521R1}
-
-
-def _jwk_spki(jwk: dict[str, Any]) -> bytes:
-    """DER SubjectPublicKeyInfo of an EC or RSA public JWK (already validated by kbs)."""
-    try:
-        if jwk.get("kty") == "EC" and jwk.get("crv") in _CURVES:
-            key: Any = ec.EllipticCurvePublicNumbers(
-                _b64int(jwk.get("x")), _b64int(jwk.get("y")), _CURVES[jwk["crv"]]()
-            ).public_key()
-        elif jwk.get("kty") == "RSA":
-            key = rsa.RSAPublicNumbers(_b64int(jwk.get("e")), _b64int(jwk.get("n"))).public_key()
-        else:
-            raise BadRequest("tee-pubkey must be an EC or RSA JWK")
-    except ValueError:  # not a point on the curve, bad RSA numbers
-        raise BadRequest("tee-pubkey is not a valid JWK") from None
-    return _spki(key)

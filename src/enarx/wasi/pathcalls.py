@@ -29,6 +29,7 @@ from enarx.wasi.fdtable import (
     set_times_fd,
 )
 from enarx.wasi.guestmem import read_bytes, write_bytes
+from enarx.wasi.memfs import MemDirHandle
 from enarx.wasi.resolve import Resolved, check_path, resolve, stays_inside
 
 if TYPE_CHECKING:
@@ -120,6 +121,10 @@ class PathCalls:
         oflags &= 0xFFFF
         fdflags &= 0xFFFF
         p = self._path(mv, path, path_len)
+        if isinstance(d, MemDirHandle):  # secrets / deployed package files (memory only)
+            mem = d.open_path(p, oflags, base, fdflags)
+            self.fds.add_guest(mem, lambda new_fd: U32.pack_into(mv, out, new_fd))
+            return 0
         creat, trunc = oflags & abi.OFLAG_CREAT, oflags & abi.OFLAG_TRUNC
         want_dir = bool(oflags & abi.OFLAG_DIRECTORY)
         # As wasmtime: any write-ish fd right means "open for writing", which the kernel
@@ -198,6 +203,9 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_GET)
         p = self._path(mv, path, length)
+        if isinstance(d, MemDirHandle):
+            FILESTAT.pack_into(mv, out, *d.stat_path(p))
+            return 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
         s = None
         if follow and not p.endswith(b"/"):
@@ -288,6 +296,8 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_READLINK)
         p = self._path(mv, path, length)
+        if isinstance(d, MemDirHandle):
+            d.readlink_path(p)
         with resolve(d.host_fd, p, follow=False) as r:
             if r.must_dir:
                 _lstat(r)

@@ -96,6 +96,23 @@ class Store(Protocol):
         and nothing written otherwise). ``evidence``: the CMW bytes for its certificate."""
         ...
 
+    def attest_session(
+        self,
+        session_id: str,
+        now: Time,
+        token: str,
+        tee_pubkey_json: str,
+        workload: str | None,
+        evidence_digest: str,
+        expires_at: Time,
+        evidence: bytes = b"",
+    ) -> bool:
+        """Redeem the session's nonce and record its attestation result in one transaction
+        (the caller has already checked the nonce it read with ``get_session``): ``True`` if
+        the session exists, is unused and has not expired at ``now``; else ``False`` and
+        nothing written. Of any number of concurrent calls at most one succeeds."""
+        ...
+
     def get_session(self, id: str) -> Session | None: ...
 
     def record_issuance(

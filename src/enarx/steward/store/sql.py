@@ -328,6 +328,35 @@ class SqlStore(ABC):
             )
             return bool(rows)
 
+    def attest_session(
+        self,
+        session_id: str,
+        now: Time,
+        token: str,
+        tee_pubkey_json: str,
+        workload: str | None,
+        evidence_digest: str,
+        expires_at: Time,
+        evidence: bytes = b"",
+    ) -> bool:
+        if not _storable(session_id):
+            return False
+        with self._tx(single=True) as tx:
+            rows = tx(
+                "UPDATE sessions SET used = 1, token = ?, tee_pubkey = ?, workload = ?, "
+                "evidence_digest = ?, attested_expires_at = ?, evidence = ? "
+                "WHERE id = ? AND used = 0 AND expires_at > ? AND token IS NULL RETURNING id",
+                _text("token", token),
+                _text("tee-pubkey", tee_pubkey_json),
+                _opt_text("workload", workload),
+                _text("evidence digest", evidence_digest),
+                to_epoch(expires_at),
+                bytes(evidence),
+                session_id,
+                to_epoch(now),
+            )
+            return bool(rows)
+
     def get_session(self, id: str) -> Session | None:
         if not _storable(id):
             return None

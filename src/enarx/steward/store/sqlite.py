@@ -5,6 +5,13 @@ database file's mode). WAL mode lets readers run alongside the one writer; write
 database lock up front (``BEGIN IMMEDIATE``) and wait up to ``busy_timeout`` for it, so
 concurrent processes (e.g. two stewards opening one file) serialise instead of failing.
 ``synchronous=FULL``: a committed transaction survives a power cut, not only a crash.
+
+Group commit: SQLite runs one writer at a time and every commit waits for an fsync, so the
+write transactions of concurrent threads share one database transaction on a dedicated writer
+connection, each inside its own ``SAVEPOINT`` (an aborted or failing one rolls back alone).
+The transaction commits when no other writer is waiting (or after ``GROUP_MAX`` members or
+``GROUP_MAX_AGE`` seconds), and every member returns only after that COMMIT: nothing is
+acknowledged before it is durable, but one fsync serves many requests.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,9 +29,28 @@ from enarx.errors import StoreError
 from enarx.steward.store import schema
 from enarx.steward.store.sql import Row, SqlStore, Tx
 
-__all__ = ["SqliteStore"]
+__all__ = ["GROUP_MAX", "GROUP_MAX_AGE", "SqliteStore"]
 
 T = TypeVar("T")
+GROUP_MAX = 64
+GROUP_MAX_AGE = 0.010
+
+
+class _Group:
+    """The shared write transaction (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the writer connection: one member at a time
+        self.cond = threading.Condition()  # guards the fields below
+        self.wanting = 0  # threads waiting for (or holding) ``lock``
+        self.conn: sqlite3.Connection | None = None
+        self.open = 0  # the batch whose transaction is open (0: none)
+        self.members = 0
+        self.opened_at = 0.0
+        self.next = 1
+        self.done = 0  # every batch <= done has ended
+        self.failed: dict[int, Exception] = {}  # batches that did not commit
+        self.closed = False
 
 
 class SqliteStore(SqlStore):
@@ -73,6 +100,131 @@ class SqliteStore(SqlStore):
 
     def _close_conn(self, conn: sqlite3.Connection) -> None:
         conn.close()
+
+    def close(self) -> None:
+        group: _Group = self.__dict__.setdefault("_group", _Group())
+        with group.lock:
+            group.closed = True
+            if group.open:  # members still waiting for this batch get an error, not a hang
+                self._fail(group, StoreError("the store was closed before the write "
+                                             "committed", hint="retry the request"))
+            if group.conn is not None:
+                with contextlib.suppress(Exception):
+                    group.conn.close()
+                group.conn = None
+        super().close()
+
+    @contextlib.contextmanager
+    def _tx(self, *, write: bool = True, single: bool = False) -> Iterator[Tx]:
+        if not write:
+            with super()._tx(write=False, single=single) as tx:
+                yield tx
+            return
+        g: _Group = self.__dict__.setdefault("_group", _Group())
+        with g.cond:
+            g.wanting += 1
+        g.lock.acquire()
+        try:
+            with g.cond:
+                g.wanting -= 1
+            batch = self._join(g)
+            conn = g.conn
+            if conn is None:
+                raise StoreError("the store is closed", hint="this is a bug in the caller")
+            try:
+                conn.execute("SAVEPOINT member")
+            except Exception as exc:
+                self._fail(g, self._typed(exc))
+                raise self._typed(exc) from None
+            tx = Tx(lambda sql, params: self._execute(conn, sql, params))
+            error: BaseException | None = None
+            try:
+                yield tx
+            except BaseException as exc:
+                error = exc
+            self._end_member(g, conn, rollback=error is not None or tx.aborted)
+            with g.cond:
+                g.members += 1
+                due = (g.wanting == 0 or g.members >= GROUP_MAX
+                       or time.monotonic() - g.opened_at >= GROUP_MAX_AGE)
+            if due:
+                self._commit(g)
+            if error is not None:
+                if isinstance(error, Exception):
+                    raise self._typed(error) from None
+                raise error
+        finally:
+            g.lock.release()
+        with g.cond:
+            while g.done < batch:
+                g.cond.wait()
+            failed = g.failed.get(batch)
+        if failed is not None:  # a fresh exception per member (they run in other threads)
+            raise StoreError(getattr(failed, "message", str(failed)),
+                             hint=getattr(failed, "hint", None))
+
+    def _join(self, g: _Group) -> int:
+        """Under ``g.lock``: the open batch, opening one (BEGIN IMMEDIATE) if none is."""
+        if g.open:
+            return g.open
+        if g.closed:
+            raise StoreError("the store is closed", hint="this is a bug in the caller")
+        try:
+            if g.conn is None:
+                g.conn = self._connect()
+            conn = g.conn
+            self._retry_busy(lambda: conn.execute("BEGIN IMMEDIATE"))
+        except Exception as exc:
+            self._drop_writer(g)
+            raise self._typed(exc) from None
+        with g.cond:
+            g.open, g.next = g.next, g.next + 1
+            g.members = 0
+            g.opened_at = time.monotonic()
+            return g.open
+
+    def _end_member(self, g: _Group, conn: sqlite3.Connection, *, rollback: bool) -> None:
+        try:
+            if rollback:
+                conn.execute("ROLLBACK TO SAVEPOINT member")
+            conn.execute("RELEASE SAVEPOINT member")
+        except Exception as exc:  # the shared transaction's state is unknown: end it
+            self._fail(g, self._typed(exc))
+
+    def _commit(self, g: _Group) -> None:
+        if not g.open or g.conn is None:
+            return
+        try:
+            g.conn.execute("COMMIT")
+        except Exception as exc:
+            self._fail(g, self._typed(exc))
+            return
+        self._finish(g, None)
+
+    def _fail(self, g: _Group, exc: Exception) -> None:
+        if g.conn is not None:
+            try:
+                g.conn.execute("ROLLBACK")
+            except Exception:
+                self._drop_writer(g)
+        self._finish(g, exc if isinstance(exc, StoreError) else StoreError(
+            f"{self.path}: the write did not commit: {exc}"))
+
+    def _finish(self, g: _Group, exc: Exception | None) -> None:
+        with g.cond:
+            if exc is not None and g.open:
+                g.failed[g.open] = exc
+            g.done = max(g.done, g.open)
+            for old in [b for b in g.failed if b < g.done - 10_000]:
+                del g.failed[old]
+            g.open = 0
+            g.cond.notify_all()
+
+    def _drop_writer(self, g: _Group) -> None:
+        if g.conn is not None:
+            with contextlib.suppress(Exception):
+                g.conn.close()
+            g.conn = None
 
     def _execute(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
         return conn.execute(sql, tuple(params)).fetchall()

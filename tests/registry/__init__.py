@@ -1,0 +1,1 @@
+"""Tests of the embedded package registry (src/enarx/registry/)."""
