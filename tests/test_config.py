@@ -127,10 +127,45 @@ def test_dir_flag(flag: str, expected: tuple[str, str, bool]) -> None:
     assert (d.host, d.guest_path, d.readonly) == expected
 
 
-@pytest.mark.parametrize("flag", ["", "::/x", "a::"])
+@pytest.mark.parametrize(
+    ("flag", "expected"),
+    [
+        ("./d::/data:enc=k.key", ("./d", "/data", False, "k.key")),
+        ("./d::/data:ro:enc=k.key", ("./d", "/data", True, "k.key")),
+        ("./d::/data:enc=k.key:ro", ("./d", "/data", True, "k.key")),
+        ("./d:enc=/keys/a:b.key", ("./d", "./d", False, "/keys/a:b.key")),
+        ("./d::/data", ("./d", "/data", False, None)),
+    ],
+)
+def test_encrypted_dir_flag(flag: str, expected: tuple[str, str, bool, str | None]) -> None:
+    d = config.parse_dir_flag(flag)
+    assert (d.host, d.guest_path, d.readonly, d.encryption_key_file) == expected
+
+
+@pytest.mark.parametrize("flag", ["", "::/x", "a::", "a::/x:enc=", "a::/x:enc=:ro", ":enc=k"])
 def test_bad_dir_flag(flag: str) -> None:
     with pytest.raises(UsageError):
         config.parse_dir_flag(flag)
+
+
+def test_encrypted_dir_entry() -> None:
+    c = config.loads('[[files]]\nkind = "dir"\nhost = "d"\nguest = "/d"\n'
+                     'encryption_key = "app/dirkey/v1"\n\n'
+                     '[[files]]\nkind = "dir"\nhost = "e"\nencryption_key_file = "e.key"\n')
+    d, e = c.effective_files
+    assert (d.encryption_key, d.encryption_key_file) == ("app/dirkey/v1", None)
+    assert (e.encryption_key, e.encryption_key_file) == (None, "e.key")
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ('encryption_key = "a/b/c"\nencryption_key_file = "k"\n', "not both"),
+    ('encryption_key = "../etc/passwd"\n', "not a steward resource path"),
+    ('encryption_key_file = ""\n', "may not be empty"),
+])
+def test_bad_encrypted_dir_entry(extra: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.loads('[[files]]\nkind = "dir"\nhost = "d"\n' + extra, path="Enarx.toml")
+    assert fragment in info.value.message
 
 
 @pytest.mark.parametrize("flag", ["NOEQUALS", "=v", "FD_NAMES=x"])

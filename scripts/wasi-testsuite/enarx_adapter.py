@@ -3,6 +3,11 @@
 The suite's test runner loads this file as a module (see its doc/adapters.md) and calls
 ``compute_argv`` once per test. Which enarx to run comes from ``$ENARX`` (a command line,
 split like a shell would), default ``enarx`` on PATH. Used by scripts/wasi-testsuite.sh.
+
+With ``ENARX_TESTSUITE_ENCRYPT=1`` every pre-opened directory becomes an encrypted one
+(docs/encrypted-dirs.md): the test's root is encrypted into a fresh directory with a fresh
+key (``enarx dir encrypt``) and pre-opened with ``--dir ENC::/:enc=KEY``, so the suite's
+filesystem tests run against the encrypted layer.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import tempfile
 
 ENARX = shlex.split(os.environ.get("ENARX", "enarx"))
 
@@ -54,6 +60,22 @@ def compute_argv(
     argv = [*ENARX, "run", "--backend", "nil", "--no-fd-env"]
     for k, v in env.items():
         argv += ["--env", f"{k}={v}"]
-    if root:
+    if root and os.environ.get("ENARX_TESTSUITE_ENCRYPT") == "1":
+        argv += ["--dir", _encrypted_copy(root)]
+    elif root:
         argv += ["--dir", f"{root}::/"]
     return [*argv, test_path, *args]
+
+
+def _encrypted_copy(root: str) -> str:
+    """``--dir`` value pre-opening an encrypted copy of ``root`` at "/" (fresh key)."""
+    # under $ENARX_TESTSUITE_ENC_TMP, which scripts/wasi-testsuite.sh removes after the run
+    work = tempfile.mkdtemp(prefix="enc-", dir=os.environ.get("ENARX_TESTSUITE_ENC_TMP"))
+    key = os.path.join(work, "dir.key")
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(32))
+    enc = os.path.join(work, "enc")
+    subprocess.run([*ENARX, "dir", "encrypt", root, enc, "--key", key],
+                   capture_output=True, check=True)
+    return f"{enc}::/:enc={key}"

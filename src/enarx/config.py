@@ -6,7 +6,9 @@ WASI fd i. Unknown keys are rejected so typos do not pass silently.
 
 Extensions (an upstream file stays valid; see docs/enarx-toml.md):
 - ``[[files]] kind = "dir"`` pre-opens a host directory: ``host`` (host path), ``guest``
-  (path the guest sees, default = ``host``), ``readonly`` (default false), ``name``.
+  (path the guest sees, default = ``host``), ``readonly`` (default false), ``name``;
+  an encrypted directory (enarx.encdir) adds ``encryption_key`` (a steward resource holding
+  its 32-byte key, released after attestation) or ``encryption_key_file`` (a local key file).
 - ``steward_ca``: PEM file of the CA that signs the steward's TLS certificate (with ``steward``).
 - ``[limits]``: ``max_memory`` ("64M", "1G" or bytes), ``timeout`` (seconds), ``fuel``.
 - ``[[secrets]]``: steward resources released after attestation (``resource``, ``env``,
@@ -206,6 +208,19 @@ class DirFile(_Named):
     host: Text
     guest: Text | None = None
     readonly: bool = False
+    #: Encrypted directory: the steward resource (``repo/type/tag``) holding its key ...
+    encryption_key: Annotated[str, AfterValidator(check_resource)] | None = None
+    #: ... or a local file holding the 32-byte key (relative to Enarx.toml).
+    encryption_key_file: Text | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> DirFile:
+        if self.encryption_key is not None and self.encryption_key_file is not None:
+            raise ValueError("set encryption_key (a steward resource) or encryption_key_file "
+                             "(a local key file), not both")
+        if self.encryption_key_file == "":
+            raise ValueError("`encryption_key_file` may not be empty")
+        return self
 
     @property
     def guest_path(self) -> str:
@@ -470,9 +485,11 @@ def _locate(text: str, loc: tuple[Any, ...]) -> int | None:
 
 
 def parse_dir_flag(value: str) -> DirFile:
-    """``--dir HOST[::GUEST][:ro]`` (wasmtime's syntax plus a read-only suffix)."""
+    """``--dir HOST[::GUEST][:ro][:enc=KEYFILE]`` (wasmtime's syntax plus a read-only suffix
+    and an encrypted directory's key file)."""
     d = parse_dir_spec(value)
-    return DirFile(kind="dir", host=d.host, guest=d.guest, readonly=d.readonly)
+    return DirFile(kind="dir", host=d.host, guest=d.guest, readonly=d.readonly,
+                   encryption_key_file=d.encryption_key_file)
 
 
 TEMPLATE = """\
@@ -523,6 +540,8 @@ kind = "stderr"
 # host = "./data"           # directory on the host
 # guest = "/data"           # path the workload sees
 # readonly = true
+# encryption_key = "repo/dirkey/v1"   # encrypted directory: 32-byte key from the steward
+# encryption_key_file = "data.key"    # ... or from a local file (testing)
 
 # Extension: resource limits (defaults: no limit; command-line flags override).
 # [limits]

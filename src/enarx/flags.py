@@ -88,24 +88,44 @@ class DirSpec:
     readonly: bool = False
     name: str | None = None
     kind: str = "dir"
+    #: ``:enc=KEYFILE``: an encrypted directory (enarx.encdir) opened with the 32-byte key
+    #: held in this local file.
+    encryption_key_file: str | None = None
+    encryption_key: str | None = None  # a steward resource (Enarx.toml only)
 
     @property
     def guest_path(self) -> str:
         return self.guest or self.host
 
 
+_DIR_HINT = "use --dir HOST[::GUEST][:ro][:enc=KEYFILE]"
+
+
 def parse_dir_spec(value: str) -> DirSpec:
-    """``--dir HOST[::GUEST][:ro]`` (wasmtime's syntax plus a read-only suffix)."""
+    """``--dir HOST[::GUEST][:ro][:enc=KEYFILE]`` (wasmtime's syntax plus a read-only
+    suffix and, for an encrypted directory, the file holding its 32-byte key)."""
     readonly = False
     spec = value
+    key_file: str | None = None
+    # ":enc=KEYFILE" comes last (only ":ro" may follow it); the key file path may hold ':'.
+    head, enc, tail = spec.partition(":enc=")
+    if enc:
+        if tail.endswith(":ro"):  # ":ro" may also follow the key file
+            readonly, tail = True, tail[: -len(":ro")]
+        elif tail.endswith(":rw"):
+            tail = tail[: -len(":rw")]
+        if not tail:
+            raise UsageError(f"invalid --dir {value!r}: :enc= needs a key file", hint=_DIR_HINT)
+        spec, key_file = head, tail
     if spec.endswith(":ro"):
         readonly, spec = True, spec[: -len(":ro")]
     elif spec.endswith(":rw"):
         spec = spec[: -len(":rw")]
     host, sep, guest = spec.partition("::")
     if not host or (sep and not guest):
-        raise UsageError(f"invalid --dir {value!r}", hint="use --dir HOST[::GUEST][:ro]")
-    return DirSpec(host=host, guest=guest or None, readonly=readonly)
+        raise UsageError(f"invalid --dir {value!r}", hint=_DIR_HINT)
+    return DirSpec(host=host, guest=guest or None, readonly=readonly,
+                   encryption_key_file=key_file)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,12 @@ def _file(f: Any) -> dict[str, Any]:
         out.update(prot=f.prot, host=f.host, port=f.port, trust=getattr(f, "trust", "system"))
     elif kind == "dir":
         out.update(guest=f.guest_path, readonly=bool(f.readonly))
+        # An encrypted directory: which key (a steward resource) or that it is a local key
+        # file (its path is the host's). Absent for plain directories: identities unchanged.
+        if getattr(f, "encryption_key", None):
+            out["encryption_key"] = str(f.encryption_key)
+        elif getattr(f, "encryption_key_file", None):
+            out["encryption_key"] = "file"
     return out
 
 

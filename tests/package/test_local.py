@@ -155,3 +155,30 @@ def test_hand_built_trees_cannot_write_outside_the_destination(tmp_path: Path) -
     with pytest.raises(PackageError, match="invalid"):
         write_package(tmp_path / "out", evil, lambda _p, _e: [b"x"])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_kept_files_are_read_and_hashed_once_and_the_host_cannot_change_them(
+        src: Path) -> None:
+    # what `enarx deploy file://` does: the bytes hashed into the tree are the bytes served
+    pkg = read_package(src, keep_max=64 << 20)
+    before = {p: (src / p).read_bytes() for p in pkg.tree.files}
+    assert dict(pkg.data) == before
+    (src / "main.wasm").write_bytes(b"\0asm\x01\0\0\x01")  # the host swaps the bytes
+    (src / "data" / "big.bin").unlink()
+    assert pkg.read("main.wasm") == WASM and pkg.read("data/big.bin") == before["data/big.bin"]
+    # an entry the caller names that is not this tree's is still verified
+    other = Entry(dict(pkg.tree.files["main.wasm"].digest), 8, "text/plain")
+    with pytest.raises(DigestMismatch):
+        b"".join(pkg.chunks("data/deep/x.txt", other))
+
+
+def test_files_beyond_the_keep_budget_are_read_again_and_verified(src: Path) -> None:
+    pkg = read_package(src, keep_max=1 << 20)  # big.bin (3 MiB) does not fit
+    assert "data/big.bin" not in pkg.data and "main.wasm" in pkg.data
+    (src / "data" / "big.bin").write_bytes(os.urandom(3 << 20))
+    with pytest.raises(DigestMismatch, match=r"big\.bin"):
+        pkg.read("data/big.bin")
+    f = src / "main.wasm"
+    one = read_package(f, keep_max=1 << 20)
+    f.write_bytes(b"changed")
+    assert one.read("main.wasm") == WASM

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from enarx.package.crypt import MANIFEST_MEDIA_TYPE, Manifest
-from enarx.registry.access import check_owner, check_read, manifest_identity
+from enarx.registry.access import check_owner, check_read, is_metadata, manifest_identity
 from enarx.registry.db import RepoRow
+from enarx.registry.entry import DIRECTORY_TYPE as DIR_TYPE
 from enarx.registry.errors import RegistryHTTPError
 
 A, B = "sha384:" + "a1" * 48, "sha384:" + "b2" * 48
@@ -21,14 +22,48 @@ def _status(fn: object, *args: object) -> int:
     return 200
 
 
+def _contents(repo: RepoRow, owner: str | None, workload: str | None,
+              ids: tuple[str, ...] = (), reader: str | None = None) -> int:
+    return _status(lambda: check_read(repo, owner, workload, ids, reader=reader,
+                                      contents=True))
+
+
+def _meta(repo: RepoRow, owner: str | None, workload: str | None,
+          reader: str | None = None) -> int:
+    return _status(lambda: check_read(repo, owner, workload, reader=reader))
+
+
 def test_reads() -> None:
-    assert _status(check_read, RepoRow("alice", "pub", True, (), b"{}"), None, None) == 200
-    assert _status(check_read, PRIVATE, "alice", None) == 200
-    assert _status(check_read, PRIVATE, None, A) == 200
-    assert _status(check_read, PRIVATE, None, B) == 403
-    assert _status(check_read, PRIVATE, None, B, [B]) == 200  # the tag's own identity
-    assert _status(check_read, PRIVATE, "bob", None) == 403
-    assert _status(check_read, PRIVATE, None, None) == 401
+    public = RepoRow("alice", "pub", True, (), b"{}")
+    assert _contents(public, None, None) == 200
+    assert _contents(PRIVATE, "alice", None) == 200
+    assert _contents(PRIVATE, None, A) == 200
+    assert _contents(PRIVATE, None, B) == 403
+    assert _contents(PRIVATE, None, B, (B,)) == 200  # the tag's own identity
+    assert _contents(PRIVATE, "bob", None) == 403
+    assert _contents(PRIVATE, None, None) == 401
+
+
+def test_private_metadata_is_readable_by_a_read_token_or_any_keep_but_contents_are_not() -> None:
+    # the host's read token and a Keep not (yet) allowed learn the tree, not the files
+    assert _meta(PRIVATE, None, None, reader="alice") == 200
+    assert _meta(PRIVATE, None, B) == 200
+    assert _contents(PRIVATE, None, None, reader="alice") == 403
+    assert _contents(PRIVATE, None, B) == 403
+    # another user's read token reads nothing; no credential at all is 401
+    assert _meta(PRIVATE, None, None, reader="bob") == 403
+    assert _meta(PRIVATE, None, None) == 401
+
+
+def test_a_read_token_cannot_write() -> None:
+    assert _status(check_owner, "alice", None, "alice") == 403
+
+
+def test_metadata_nodes() -> None:
+    assert is_metadata("", DIR_TYPE) and is_metadata("a/b", DIR_TYPE)
+    assert is_metadata("enarx-package.json", MANIFEST_MEDIA_TYPE)
+    assert not is_metadata("a/enarx-package.json", MANIFEST_MEDIA_TYPE)
+    assert not is_metadata("main.wasm", "application/wasm")
 
 
 def test_writes() -> None:

@@ -50,6 +50,14 @@ def test_life_cycle(db: RegistryDB) -> None:
     assert db.blob_in_use(f"{3:064x}") and not db.blob_in_use(f"{9:064x}")
 
 
+def test_read_tokens_are_apart_from_owner_tokens(db: RegistryDB) -> None:
+    full, read = db.create_token("alice"), db.create_token("alice", read_only=True)
+    assert db.token_owner(full) == "alice" and db.read_token_owner(full) is None
+    assert db.token_owner(read) is None and db.read_token_owner(read) == "alice"
+    assert db.revoke_tokens("alice") == 2
+    assert db.read_token_owner(read) is None
+
+
 def test_replacing_a_pending_tag_drops_its_nodes(db: RegistryDB) -> None:
     db.put_tag("u", "r", "1.0.0", b"A", "t", "{}")
     gen = db.get_tag("u", "r", "1.0.0").generation  # type: ignore[union-attr]

@@ -91,12 +91,17 @@ def test_private_repo_readable_by_allowed_keep_certificates(
         r = c.get(tree)
         assert r.status_code == 200 and r.content == pkg.nodes["main.wasm"][0]
         assert c.get(f"{API}/alice/app/_tag/1.0.0").status_code == 200
-        assert c.get(f"{API}/alice/app/_tag").status_code == 403  # not in the allow list
+        # the tag list is metadata: any steward-issued Keep certificate reads it
+        assert c.get(f"{API}/alice/app/_tag").json() == ["1.0.0"]
     with _client(srv, listed) as c:
         assert c.get(tree).status_code == 200
         assert c.get(f"{API}/alice/app/_tag").json() == ["1.0.0"]
-    with _client(srv, stranger) as c:
-        assert c.get(tree).status_code == 403
+    with _client(srv, stranger) as c:  # metadata yes (to attest), contents no
+        assert c.get(f"{API}/alice/app/_tag/1.0.0").status_code == 200
+        assert c.get(f"{API}/alice/app/_tag/1.0.0/tree/").status_code == 200
+        r = c.get(tree)
+        assert r.status_code == 403 and "allow" in r.json()["hint"]
+        assert "PRIVATE-MARKER" not in r.text
     with _client(srv, unbound) as c:  # a certificate that binds no workload grants nothing
         assert c.get(tree).status_code == 401
     with _client(srv) as c:
@@ -298,7 +303,49 @@ def test_encrypted_package_readable_by_its_plaintext_identity(
         r = c.get(f"{API}/alice/vault/_tag/1.0.0/tree/main.wasm")
         assert r.status_code == 200 and r.content == b"ciphertext" * 100
         assert c.get(f"{API}/alice/vault/_tag/2.0.0/tree/main.wasm").status_code == 403
-        assert c.get(f"{API}/alice/vault/_tag").status_code == 403
+        # the manifest is metadata (what a Keep reads to know what to attest as) ...
+        other = _keep_cert(ca, tmp_path, "other", OTHER)
+    with _client(srv, other) as c:
+        r = c.get(f"{API}/alice/vault/_tag/1.0.0/tree/{MANIFEST_NAME}")
+        assert r.status_code == 200 and r.content == manifest
+        # ... the manifest-named file of a plaintext package is not, nor the ciphertext
+        assert c.get(f"{API}/alice/vault/_tag/2.0.0/tree/{MANIFEST_NAME}").status_code == 403
+        assert c.get(f"{API}/alice/vault/_tag/1.0.0/tree/main.wasm").status_code == 403
+
+
+def test_a_read_token_reads_private_metadata_but_no_contents_and_writes_nothing(
+        tls_registry: RegistryServer) -> None:
+    srv = tls_registry
+    pkg = _pkg()
+    with _client(srv, token=srv.token("alice")) as owner:
+        register(owner, "alice", "app", public=False)
+        assert set(pkg.publish(owner, "alice", "app", "1.0.0")) == {201}
+        register(owner, "alice", "pub", public=True)
+    read = srv.token("alice", "--read")
+    assert read and read != srv.token("alice")
+    base = f"{API}/alice/app/_tag/1.0.0"
+    with _client(srv, token=read) as c:
+        assert c.get(f"{API}/alice/app/_tag").json() == ["1.0.0"]
+        assert c.get(base).content == pkg.tag_body()
+        assert c.get(f"{base}/tree/").content == pkg.nodes[""][0]
+        assert c.get(f"{base}/tree/data").content == pkg.nodes["data"][0]
+        for path in ("main.wasm", "data/x.txt"):
+            r = c.get(f"{base}/tree/{path}")
+            assert r.status_code == 403 and "Keep" in r.json()["hint"], r.text
+            assert "PRIVATE-MARKER" not in r.text
+        body = b"\0asm\x01\0\0\0"
+        r = c.put(f"{API}/alice/pub/_tag/2.0.0", content=body, headers={
+            "content-type": "application/vnd.drawbridge.entry.v1+json",
+            "content-digest": content_digest(body)})
+        assert r.status_code == 403 and "read token" in r.json()["detail"]
+    with _client(srv, token=srv.token("bob", "--read")) as c:  # another user's: nothing
+        assert c.get(base).status_code == 403
+    # revoking alice's tokens revokes her read tokens too
+    out = subprocess.run([str(ENARX), "registry", "token", "revoke", "--user", "alice",
+                          "--state-dir", str(srv.state)], capture_output=True, check=True)
+    assert b"revoked 3 tokens" in out.stderr
+    with _client(srv, token=read) as c:
+        assert c.get(base).status_code == 401
 
 
 def test_stalled_upload_times_out_and_leaves_nothing(tmp_path: Path) -> None:

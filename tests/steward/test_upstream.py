@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from enarx.errors import AttestationError, ChainInvalid, ProtocolError
@@ -348,6 +348,7 @@ _MILAN_VALUE = _ext_value(_MILAN_BYTES)
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, len(_MILAN_VALUE) - 1), st.integers(1, 255))
+@example(pos=20, xor=1)  # the VCEK's version byte -> x509.InvalidVersion (not a ValueError)
 def test_fuzz_mutated_evidence_is_refused_with_typed_errors(pos: int, xor: int) -> None:
     from enarx.attestation.snp.verify import SnpVerifier
 

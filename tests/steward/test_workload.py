@@ -112,6 +112,25 @@ def test_what_the_guest_does_not_see_keeps_the_identity() -> None:
         identity_of(MODULE, None, extra_dirs=[parse_dir_spec("/b/c::/data")])
 
 
+def test_an_encrypted_directory_is_part_of_the_identity() -> None:
+    """A host that drops the encryption from a dir entry (serving forged plaintext) or
+    swaps the steward key changes the attested identity; a plain entry's is unchanged."""
+    def ident(*dirs: str, toml: str = "") -> str:
+        return identity_of(MODULE, cfg.loads(toml) if toml else None,
+                           extra_dirs=[parse_dir_spec(d) for d in dirs])
+
+    plain = ident("/a::/data")
+    local = ident("/a::/data:enc=/k1")
+    assert local != plain and local == ident("/b::/data:enc=/other/k2")  # key path: host's
+    assert effective_config(None, extra_dirs=[parse_dir_spec("/a::/data:enc=k")])[
+        "files"][3] == {"kind": "dir", "name": "/data", "guest": "/data", "readonly": False,
+                        "encryption_key": "file"}
+    entry = '[[files]]\nkind = "dir"\nhost = "d"\nguest = "/data"\n'
+    steward = ident(toml=entry + 'encryption_key = "app/dirkey/v1"\n')
+    assert steward != ident(toml=entry) and steward != local
+    assert steward != ident(toml=entry + 'encryption_key = "app/dirkey/v2"\n')
+
+
 def test_env_order_does_not_matter_but_unicode_is_exact() -> None:
     a = identity_of(MODULE, None, extra_env=[("A", "1"), ("B", "é")])
     b = identity_of(MODULE, None, extra_env=[("B", "é"), ("A", "1")])

@@ -66,12 +66,13 @@ def deploy(backend: str | None, steward: str | None, steward_ca: str | None,
     from enarx import platform
     from enarx.cli.output import warn
     from enarx.flags import parse_size
-    from enarx.keep.attest import StewardTarget
     from enarx.keep.deploy import DeployRequest, check_backend, prepare, run_prepared
     from enarx.runtime.cache import ModuleCache
 
     target = None
     if steward:
+        from enarx.keep.attest import StewardTarget
+
         if not steward_ca:
             raise UsageError(f"steward {steward} needs the CA that signs its TLS certificate",
                              hint="pass --steward-ca PEM; `enarx steward ca` prints it")

@@ -97,15 +97,21 @@ def token() -> None:
 @click.option("--state-dir", "state", type=click.Path(file_okay=False, path_type=Path),
               help=_STATE_HELP)
 @click.option("--db", default=None, help=_DB_HELP)
-def token_create(user: str, state: Path | None, db: str | None) -> None:
+@click.option("--read", "read_only", is_flag=True,
+              help="A read token: it reads the tags and directories of USER's private "
+              "repositories (what `enarx deploy` needs before the Keep attests), no file "
+              "contents, and writes nothing.")
+def token_create(user: str, state: Path | None, db: str | None, read_only: bool) -> None:
     """Make a bearer token for USER and print it (stdout; it is stored only hashed).
 
-    The token writes USER's repositories and reads USER's private ones. Give it to the
-    client as ENARX_REGISTRY_TOKEN or through a credential helper.
+    The token writes USER's repositories and reads USER's private ones. With --read it only
+    reads their metadata: give that one to the hosts that deploy (the Keep fetches the files
+    with its steward-issued certificate). Give it to the client as ENARX_REGISTRY_TOKEN or
+    through a credential helper.
     """
     database = _open(user, state, db)
     try:
-        click.echo(database.create_token(user))
+        click.echo(database.create_token(user, read_only=read_only))
     finally:
         database.close()
 

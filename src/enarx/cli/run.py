@@ -115,9 +115,10 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     "--dir",
     "dirs",
     multiple=True,
-    metavar="HOST[::GUEST][:ro]",
+    metavar="HOST[::GUEST][:ro][:enc=KEYFILE]",
     help="Pre-open a host directory at GUEST (default: the same path), read-write, or "
-    "read-only with ':ro'. Repeatable; fds follow Enarx.toml's files.",
+    "read-only with ':ro'; ':enc=KEYFILE' opens an encrypted directory with the 32-byte key "
+    "in KEYFILE. Repeatable; fds follow Enarx.toml's files.",
 )
 @click.option("--env", "envs", multiple=True, metavar="KEY=VALUE",
               help="Set a guest environment variable (overrides [env]). Repeatable.")
@@ -269,7 +270,9 @@ def _steward(url: str | None, ca: str | None, conf: Any, base_dir: str) -> Any:
 def _absolute(spec: Any) -> Any:
     from dataclasses import replace
 
-    return replace(spec, host=os.path.abspath(spec.host), guest=spec.guest_path)
+    key = getattr(spec, "encryption_key_file", None)  # :enc=KEYFILE, also cwd-relative
+    return replace(spec, host=os.path.abspath(spec.host), guest=spec.guest_path,
+                   encryption_key_file=os.path.abspath(key) if key else None)
 
 
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]

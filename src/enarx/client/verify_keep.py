@@ -102,7 +102,7 @@ def verify_certificate(
         parse_identity(workload)
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise MalformedEvidence("keep.tls", f"the Keep's certificate does not parse: {e}"
                                 ) from None
     _check_issuer(leaf, ca_pem)
@@ -205,7 +205,7 @@ def _check_issuer(leaf: x509.Certificate, ca_pem: bytes) -> None:
 
     try:
         cas = x509.load_pem_x509_certificates(ca_pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise UsageError("the steward CA holds no PEM certificate",
                          hint="pass the PEM `enarx steward ca` prints to --ca") from None
     now = dt.datetime.now(dt.UTC)
@@ -227,7 +227,7 @@ def _der(cert: bytes) -> bytes:
     if b"-----BEGIN" in cert:
         try:
             return x509.load_pem_x509_certificate(cert).public_bytes(serialization.Encoding.DER)
-        except ValueError:
+        except (ValueError, x509.InvalidVersion):
             raise UsageError("a --trust-root file holds no PEM certificate") from None
     return cert
 

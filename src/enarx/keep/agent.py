@@ -77,9 +77,20 @@ def run_workload(
             "Enarx.toml declares [[secrets]], which only a steward releases",
             hint="pass --steward URL --steward-ca PEM (or set steward in Enarx.toml)",
         )
-    module = compile_module(workload.wasm, limits.settings, cache=cache, on_compile=on_compile)
     # No config: stdio as fds 0-2 (upstream's default); --dir pre-opens follow the files.
     files = [*(config.effective_files if config else DEFAULT_FILES), *extra_dirs]
+    dir_key_paths = _dir_key_resources(files) if package is None else []
+    if dir_key_paths and steward is None:
+        from enarx.errors import UsageError
+
+        raise UsageError(
+            f"an encrypted directory's key ({dir_key_paths[0]}) is a steward resource, which "
+            "only a steward releases",
+            hint="pass --steward URL --steward-ca PEM (or set steward in Enarx.toml), or use "
+                 "encryption_key_file for a local key",
+        )
+    module = compile_module(workload.wasm, limits.settings, cache=cache, on_compile=on_compile)
+    dir_keys: dict[str, bytes] = {}
     if steward is not None:
         identity, attested = _attest(workload, config, backend, steward.with_listeners(files),
                                      extra_dirs=extra_dirs, extra_args=extra_args,
@@ -88,13 +99,17 @@ def run_workload(
             from enarx.keep.release import release_secrets
 
             released = release_secrets(steward, attested, secrets)
+        if dir_key_paths:  # encrypted directories' keys: memory only, after attestation
+            from enarx.keep.release import release_dir_keys
+
+            dir_keys = release_dir_keys(steward, attested, dir_key_paths)
     if identity is None and needs_tls(files):
         from enarx.keep.tls import self_signed
 
         identity = self_signed()
     fds = open_files(files, stdio=stdio, base_dir=base_dir, identity=identity,
                      secret_files=released.files if released is not None else None,
-                     package=package)
+                     package=package, dir_keys=dir_keys)
     # FD_COUNT/FD_NAMES come first (config validation refuses user values for them);
     # --env flags override Enarx.toml's env.
     env = {
@@ -140,3 +155,11 @@ def _attest(
           f"{issued.cert.serial_number:x}, valid until "
           f"{issued.cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}", file=sys.stderr, flush=True)
     return issued, attested
+
+
+def _dir_key_resources(files: Sequence[Any]) -> list[str]:
+    if not any(getattr(f, "encryption_key", None) for f in files):
+        return []  # no import of the release (network) module for ordinary runs
+    from enarx.keep.release import dir_key_resources
+
+    return dir_key_resources(files)

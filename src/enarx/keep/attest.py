@@ -184,8 +184,11 @@ def attest_keep(
     workload: str,
     *,
     timeout: float = _TIMEOUT,
+    signature: dict[str, Any] | None = None,
 ) -> Attested:
-    """Run the whole exchange; raises :class:`AttestationRefused` (exit 4) on a refusal."""
+    """Run the whole exchange; raises :class:`AttestationRefused` (exit 4) on a refusal.
+    ``signature``: a signed package's ``package-signature`` runtime-data member
+    (``steward/signers.py``), bound into the evidence with the rest."""
     from enarx.steward.kbs import expected_report_data
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -197,7 +200,9 @@ def attest_keep(
         nonce = challenge.get("nonce")
         if not isinstance(nonce, str) or not nonce:
             raise StewardUnavailable("the steward's challenge has no nonce")
-        runtime_data = {"nonce": nonce, "tee-pubkey": jwk, "workload": workload}
+        runtime_data: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk, "workload": workload}
+        if signature is not None:
+            runtime_data["package-signature"] = signature
         _, evidence = evidence_for(backend, expected_report_data(runtime_data))
         answer = s.post_json("/kbs/v0/attest",
                              {"runtime-data": runtime_data, "tee-evidence": evidence})
@@ -255,7 +260,7 @@ def _check_chain(ctype: str, data: bytes, key: ec.EllipticCurvePrivateKey,
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(d) for d in _der_sequence(data)]
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise StewardUnavailable(f"the steward's certificate answer ({ctype}) does not parse: "
                                  f"{e}") from None
     ours = key.public_key().public_bytes(serialization.Encoding.DER,

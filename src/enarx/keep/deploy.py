@@ -116,8 +116,9 @@ def _options(req: DeployRequest) -> Any:
 
 
 @contextmanager
-def _opened(spec: Spec, req: DeployRequest) -> Iterator[tuple[Source, Tree]]:
-    """The package's source and its tree, the signature checked first when required."""
+def _opened(spec: Spec, req: DeployRequest) -> Iterator[tuple[Source, Tree, Any]]:
+    """The package's source, its tree and the Resolved, the signature checked first when
+    required."""
     from enarx.package.fetch import open_source
 
     signer = None
@@ -128,7 +129,7 @@ def _opened(spec: Spec, req: DeployRequest) -> Iterator[tuple[Source, Tree]]:
     src = open_source(spec, _options(req))
     try:
         resolved = src.resolve(signer)
-        yield src, resolved.tree
+        yield src, resolved.tree, resolved
     finally:
         src.close()
 
@@ -179,12 +180,13 @@ def prepare(req: DeployRequest, backend: Backend, *,
     spec = check_transport(parse_spec(req.spec, default_host=req.default_host),
                            allow_insecure=req.allow_insecure)
     check_backend(backend, req.allow_insecure)
-    with _opened(spec, req) as (src, tree):
+    with _opened(spec, req) as (src, tree, resolved):
         encrypted = crypt.is_encrypted(tree)
-        manifest = None
+        manifest = manifest_raw = None
         if encrypted:
             name = crypt.MANIFEST_NAME
-            manifest = crypt.read_manifest(_load(src, name, tree.files[name]))
+            manifest_raw = _load(src, name, tree.files[name])
+            manifest = crypt.read_manifest(manifest_raw)
             identity = manifest.identity  # checked against the decrypted files below
         else:
             tree.check_package()
@@ -193,8 +195,11 @@ def prepare(req: DeployRequest, backend: Backend, *,
         attested = None
         if req.steward is not None:
             from enarx.keep.attest import attest_keep
+            from enarx.keep.signature import presented_signature
 
-            attested = attest_keep(req.steward, backend, identity)
+            attested = attest_keep(req.steward, backend, identity,
+                                   signature=presented_signature(src, resolved,
+                                                                 manifest_raw))
             print(f"enarx: attested to {req.steward.url}: package {identity}", file=sys.stderr,
                   flush=True)
         elif encrypted:
@@ -211,7 +216,16 @@ def prepare(req: DeployRequest, backend: Backend, *,
                                       f"is not a {crypt.KEY_SIZE}-byte content key")
         clock.lap("key")
         advance = progress(sum(e.length for e in tree.files.values())) if progress else None
-        raw = {p: _load(src, p, e, advance) for p, e in sorted(tree.files.items())}
+        # a private drawbridge repo gives file contents only to the attested Keep's
+        # certificate (keep/contents.py); other sources read on through ``src``
+        from enarx.keep.contents import contents_source
+
+        reader = contents_source(spec, _options(req), attested, src)
+        try:
+            raw = {p: _load(reader, p, e, advance) for p, e in sorted(tree.files.items())}
+        finally:
+            if reader is not src:
+                reader.close()
         clock.lap("fetch")
     if manifest is not None and key is not None:
         # every chunk authenticated; the recomputed plaintext identity equals the attested one

@@ -30,13 +30,16 @@ def open_files(
     identity: KeepIdentity | None = None,
     secret_files: Mapping[str, bytes] | None = None,
     package: MemTree | None = None,
+    dir_keys: Mapping[str, bytes] | None = None,
 ) -> FdTable:
     """Build the fd table; relative ``dir`` host paths resolve against ``base_dir``.
 
     ``identity`` is the Keep's TLS identity for this run, needed by ``prot = "tls"`` sockets.
     ``secret_files`` fill the in-memory ``/run/secrets`` entry (``[[secrets]]``); with
     ``package`` (``enarx deploy``) every ``dir`` entry is a directory of that in-memory tree,
-    read-only, and no host directory is opened.
+    read-only, and no host directory is opened. An encrypted ``dir`` entry opens its tree with
+    the key from ``encryption_key_file`` or, for ``encryption_key``, from ``dir_keys``
+    (steward resource path -> the 32-byte key released after attestation).
 
     Entries are dispatched on ``kind``, so Enarx.toml models and the light specs of
     :mod:`enarx.flags` (``enarx run`` without a config: no pydantic import) both work.
@@ -57,6 +60,8 @@ def open_files(
             table.add(MemDirHandle.preopen_tree(dict(secret_files or {}), f.guest_path))
         elif kind == "dir" and package is not None:
             table.add(_package_dir(f, where, package))
+        elif kind == "dir" and _encrypted(f):
+            table.add(_encrypted_dir(f, where, base_dir, dir_keys or {}))
         elif kind == "dir":
             host = os.path.join(base_dir, os.path.expanduser(f.host))
             try:
@@ -89,6 +94,51 @@ def _package_dir(f: Any, where: str, package: MemTree) -> MemDirHandle:
     if not isinstance(node, Mapping):
         raise ResourceError(f"{where}: {f.host!r} is a file of the package, not a directory")
     return MemDirHandle.preopen_tree(node, f.guest_path)
+
+
+def _encrypted(f: Any) -> bool:
+    return bool(getattr(f, "encryption_key", None) or getattr(f, "encryption_key_file", None))
+
+
+def _encrypted_dir(f: Any, where: str, base_dir: str, dir_keys: Mapping[str, bytes]) -> Any:
+    """An encrypted ``dir`` entry: its key checked against the tree before the guest starts
+    (and the tree locked: read-write by one opening at a time, enarx.encdir)."""
+    from enarx.errors import EnarxError
+    from enarx.wasi.encfs import EncDirHandle
+
+    if f.encryption_key is not None:
+        key = dir_keys.get(f.encryption_key)
+        if key is None:
+            raise ResourceError(
+                f"{where}: the key of encrypted directory {f.host!r} was not released",
+                hint=f"encryption_key = {f.encryption_key!r} comes from the steward after "
+                "attestation: pass --steward URL --steward-ca PEM (or set steward in "
+                "Enarx.toml), or use encryption_key_file for local testing")
+    else:
+        from pathlib import Path
+
+        from enarx.cli.dir_cmd import read_key_file
+
+        key_path = os.path.join(base_dir, os.path.expanduser(f.encryption_key_file))
+        try:
+            key = read_key_file(Path(key_path))
+        except EnarxError as e:
+            raise _named(e, where) from None
+    from enarx.encdir import EncDir
+
+    host = os.path.join(base_dir, os.path.expanduser(f.host))
+    try:
+        encdir = EncDir.open(host, key, readonly=bool(f.readonly))
+    except EnarxError as e:
+        raise _named(e, where) from None
+    return EncDirHandle.preopen_encdir(encdir, f.guest_path, readonly=bool(f.readonly))
+
+
+def _named(e: Any, where: str) -> Any:
+    """``e`` (an EnarxError, same type and exit code) with the entry it concerns named."""
+    e.message = f"{where}: {e.message}"
+    e.args = (e.message,)
+    return e
 
 
 def needs_tls(files: Sequence[Any]) -> bool:

@@ -1,4 +1,5 @@
-"""Resources released to an attested Keep: ``[[secrets]]`` values and package content keys.
+"""Resources released to an attested Keep: ``[[secrets]]`` values, package content keys
+and the keys of encrypted directories (``encryption_key``, docs/encrypted-dirs.md).
 
 After :func:`enarx.keep.attest.attest_keep` succeeded, the Keep asks the steward for each
 resource with ``GET /kbs/v0/resource/<repo>/<type>/<tag>`` and ``Authorization: Bearer <EAR
@@ -28,8 +29,8 @@ from enarx.secrets import check_resource
 if TYPE_CHECKING:
     from enarx.keep.attest import Attested, StewardTarget
 
-__all__ = ["Released", "ResourceRefused", "fetch_resource", "open_resource",
-           "release_secrets"]
+__all__ = ["DIR_KEY_SIZE", "Released", "ResourceRefused", "dir_key_resources", "fetch_resource",
+           "open_resource", "release_dir_keys", "release_secrets"]
 
 RESOURCE_ROUTE = "/kbs/v0/resource/"
 _TIMEOUT = 30.0
@@ -148,3 +149,35 @@ def release_secrets(target: StewardTarget, attested: Attested, secrets: Sequence
         if s.file is not None:
             files[s.file] = value
     return Released(env=env, files=files)
+
+
+DIR_KEY_SIZE = 32
+
+
+def dir_key_resources(files: Sequence[Any]) -> list[str]:
+    """The steward resources (``encryption_key``) of the encrypted ``dir`` entries, in order,
+    each once."""
+    out: list[str] = []
+    for f in files:
+        res = getattr(f, "encryption_key", None)
+        if getattr(f, "kind", None) == "dir" and res and res not in out:
+            out.append(res)
+    return out
+
+
+def release_dir_keys(target: StewardTarget, attested: Attested, resources: Sequence[str], *,
+                     timeout: float = _TIMEOUT) -> dict[str, bytes]:
+    """The 32-byte keys of encrypted directories, by resource path (memory only: the key
+    never touches the host disk or a log). A resource of another size is refused (exit 4)
+    before the workload starts."""
+    keys: dict[str, bytes] = {}
+    for path in resources:
+        value = fetch_resource(target, attested, path, timeout=timeout)
+        if len(value) != DIR_KEY_SIZE:
+            raise ResourceRefused(
+                "resource.dir_key",
+                f"{path} holds {len(value)} bytes, not a {DIR_KEY_SIZE}-byte directory key",
+                hint=f"store the directory's key file as is: `enarx steward secret put "
+                     f"{path} --file KEYFILE` with KEYFILE of exactly {DIR_KEY_SIZE} bytes")
+        keys[path] = value
+    return keys

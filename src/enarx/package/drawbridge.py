@@ -197,7 +197,9 @@ class DrawbridgeClient:
             hint = ("set ENARX_REGISTRY_TOKEN or a credential helper; the registry's owner "
                     "creates tokens with `enarx registry token create --user USER`")
         elif s == 403:
-            hint = "the token's user does not own this, or the repository is private"
+            # the registry says which credential reads what (e.g. a private repo's files)
+            hint = (_detail(r, ("hint",), 300)
+                    or "the token's user does not own this, or the repository is private")
         elif s == 404:
             hint = ("check the name: `enarx repo info HOST/USER/REPO` lists the tags; "
                     "`enarx user register` / `enarx repo register` create users and repos")
@@ -385,17 +387,20 @@ class DrawbridgeClient:
         return b"".join(self.stream_node(user, repo, tag, path, entry))
 
 
-def _detail(r: httpx.Response) -> str:
+def _detail(r: httpx.Response, keys: tuple[str, ...] = ("detail", "message", "error"),
+            limit: int = 200) -> str:
     try:
         body = r.json()
     except (ValueError, httpx.ResponseNotRead):
+        if keys != ("detail", "message", "error"):
+            return ""
         try:
             text = r.text
         except httpx.ResponseNotRead:
             return ""
-        return "".join(c for c in text[:200] if c.isprintable())
+        return "".join(c for c in text[:limit] if c.isprintable())
     if isinstance(body, dict):
-        for key in ("detail", "message", "error"):
+        for key in keys:
             if isinstance(body.get(key), str):
-                return "".join(c for c in body[key][:200] if c.isprintable())
+                return "".join(c for c in body[key][:limit] if c.isprintable())
     return ""

@@ -22,23 +22,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from enarx.errors import SignatureInvalid
-from enarx.package.drawbridge import (
-    DrawbridgeClient,
-    Progress,
-    RegistryError,
-    RegistryRefused,
-    TagDocument,
-)
 from enarx.package.errors import PackageError
 from enarx.package.local import LocalPackage, read_package, write_package
-from enarx.package.source import ClientOptions, PackageSource, Resolved
+from enarx.package.source import ClientOptions, PackageSource, Progress, Resolved
 from enarx.package.spec import Spec, check_transport
 from enarx.package.tree import Entry, Tree, hash_bytes
+
+if TYPE_CHECKING:  # httpx and the registry clients load only when a SPEC needs them
+    from enarx.package.drawbridge import TagDocument
 
 __all__ = [
     "ClientOptions",  # re-exported from enarx.package.source
@@ -52,6 +46,9 @@ __all__ = [
 
 _CHUNK = 1 << 20
 MAX_URL_MODULE = 100 << 20  # a bare module fetched from an https:// URL (as upstream)
+#: ``file://``: files are kept in memory as they are hashed, up to this many bytes in all,
+#: so a deploy reads and hashes each byte once (larger packages are read again, verified).
+FILE_KEEP_MAX = 512 << 20
 
 
 # --- signatures --------------------------------------------------------------------------------
@@ -90,6 +87,8 @@ class DrawbridgeSource:
     """A drawbridge tag: tag → root directory → sub-directories, each verified."""
 
     def __init__(self, spec: Spec, opts: ClientOptions) -> None:
+        from enarx.package.drawbridge import DrawbridgeClient
+
         self.spec = spec
         self.client = DrawbridgeClient(
             spec.base_url, token=opts.token_for(spec.host), verify=opts.verify(),
@@ -130,7 +129,7 @@ class FileSource:
     def resolve(self, signer: Any = None) -> Resolved:
         if signer is not None:
             raise _unsigned_refused(self.spec)
-        self._local = read_package(self.path, check=False)
+        self._local = read_package(self.path, check=False, keep_max=FILE_KEEP_MAX)
         return Resolved(self.spec, self._local.tree)
 
     def stream(self, path: str, entry: Entry,
@@ -158,6 +157,10 @@ class UrlSource:
     def resolve(self, signer: Any = None) -> Resolved:
         if signer is not None:
             raise _unsigned_refused(self.spec)
+        import httpx
+
+        from enarx.package.drawbridge import RegistryError, RegistryRefused
+
         try:
             with httpx.Client(verify=self.opts.verify(), transport=self.opts.transport,
                               timeout=self.opts.timeout, follow_redirects=False) as c, \

@@ -16,7 +16,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from enarx.errors import ResourceError
@@ -30,16 +30,27 @@ Reader = Callable[[str, Entry], Iterable[bytes]]
 
 @dataclass(frozen=True)
 class LocalPackage:
-    """A package on disk: its tree and, per tree path, the file holding the bytes."""
+    """A package on disk: its tree and, per tree path, the file holding the bytes; ``data``
+    holds the bytes of the files kept in memory when they were hashed
+    (:func:`read_package` ``keep_max``)."""
 
     tree: Tree
-    sources: Mapping[str, Path]
+    sources: Mapping[str, str | os.PathLike[str]]
+    data: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     def chunks(self, path: str, entry: Entry | None = None) -> Iterator[bytes]:
         """The bytes of ``path``, verified against its entry as they stream: the last
         iteration raises DigestMismatch if the file changed since it was hashed (the host
-        owns the disk), so a consumer must discard what it got when iteration fails."""
-        entry = entry or self.tree.entry_at(path)
+        owns the disk), so a consumer must discard what it got when iteration fails.
+
+        A file kept in memory is yielded as is: those are the bytes its tree entry was
+        computed from, read once and hashed once (nobody can have changed them since)."""
+        own = self.tree.files.get(path)
+        entry = entry or own or self.tree.entry_at(path)
+        kept = self.data.get(path)
+        if kept is not None and entry == own:
+            yield kept
+            return
         verifier = entry.verifier(path=path)
         source = self.sources.get(path)
         if source is None:
@@ -63,10 +74,13 @@ class LocalPackage:
 
 
 def read_package(path: Path, *, check: bool = True,
-                 progress: Callable[[int], None] | None = None) -> LocalPackage:
+                 progress: Callable[[int], None] | None = None,
+                 keep_max: int = 0) -> LocalPackage:
     """Hash the package at ``path``: a directory, or a single ``.wasm`` file (then the
     package is just ``main.wasm``, as upstream's ``file://`` deploy accepted). With ``check``
-    the tree must be a runnable package (``main.wasm`` at the root)."""
+    the tree must be a runnable package (``main.wasm`` at the root). Up to ``keep_max``
+    bytes of files are kept in memory as they are hashed (:attr:`LocalPackage.data`), so
+    reading them back costs neither I/O nor hashing."""
     path = Path(path)
     try:
         st = os.stat(path)
@@ -75,14 +89,18 @@ def read_package(path: Path, *, check: bool = True,
                            hint="give a package directory (with main.wasm) or a .wasm file"
                            ) from None
     if stat.S_ISREG(st.st_mode):
+        kept: list[bytes] = []
         tree = Tree.from_files({"main.wasm": hash_file(path, "application/wasm",
-                                                       progress=progress)})
-        return LocalPackage(tree, {"main.wasm": path})
-    files = dict(scan(path, progress=progress))
+                                                       progress=progress, keep=kept,
+                                                       keep_max=keep_max)})
+        return LocalPackage(tree, {"main.wasm": path}, {"main.wasm": kept[0]} if kept else {})
+    data: dict[str, bytes] = {}
+    files = dict(scan(path, progress=progress, keep=data, keep_max=keep_max))
     tree = Tree.from_files(files)
     if check:
         tree.check_package()
-    return LocalPackage(tree, {p: path.joinpath(*p.split("/")) for p in files})
+    root = os.fspath(path)  # plain strings: 1 500 Path objects cost more than the hashing
+    return LocalPackage(tree, {p: os.path.join(root, p) for p in files}, data)
 
 
 def write_package(dest: Path, tree: Tree, read: Reader, *, replace: bool = False,

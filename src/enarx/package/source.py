@@ -7,18 +7,20 @@ other. No I/O here except loading a CA bundle and asking for a token on demand.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Protocol
 
 from enarx.errors import UsageError
 from enarx.package.credentials import registry_token
 from enarx.package.spec import Spec
 from enarx.package.tree import Entry, Tree
+
+if TYPE_CHECKING:  # httpx, ssl load only when a registry is contacted (file:// skips them)
+    import ssl
+
+    import httpx
 
 __all__ = ["ClientOptions", "PackageSource", "Progress", "Resolved"]
 
@@ -44,6 +46,8 @@ class ClientOptions:
         if self.ssl_context is not None:
             return self.ssl_context
         if self.ca_bundle is not None:
+            import ssl
+
             try:
                 return ssl.create_default_context(cafile=str(self.ca_bundle))
             except (OSError, ssl.SSLError) as e:

@@ -33,8 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import rfc8785
-
+from enarx.package import jcs
 from enarx.package.digest import (
     ALGORITHMS,
     STRONG_ALGORITHMS,
@@ -153,10 +152,15 @@ def hash_bytes(data: bytes | bytearray | memoryview, media: str) -> Entry:
                  len(data), media)
 
 
-def hash_file(path: Path, media: str, *,
-              progress: Callable[[int], None] | None = None) -> Entry:
+def hash_file(path: str | os.PathLike[str], media: str, *,
+              progress: Callable[[int], None] | None = None,
+              keep: list[bytes] | None = None, keep_max: int = 0) -> Entry:
     """Stream the regular file ``path`` into an entry. Refuses symlinks and special files
-    (opened with ``O_NOFOLLOW`` and checked with ``fstat``, so a swap after listing fails)."""
+    (opened with ``O_NOFOLLOW`` and checked with ``fstat``, so a swap after listing fails).
+
+    With ``keep``, a file of at most ``keep_max`` bytes is also appended to ``keep``: the
+    very bytes that were hashed, so a reader needs neither a second read nor a second hash
+    (and the host cannot change them afterwards)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
@@ -164,17 +168,29 @@ def hash_file(path: Path, media: str, *,
                            hint="package files must be regular files you can read "
                            "(symbolic links are refused)") from None
     with os.fdopen(fd, "rb", buffering=0) as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PackageError(f"{path} is not a regular file",
                                hint="a package holds regular files and directories only")
         hashers = new_hashers(TREE_ALGORITHMS)
         length = 0
-        while chunk := f.read(CHUNK):
+        parts: list[bytes] | None = [] if keep is not None else None
+        size = CHUNK  # keeping: the whole file in one read (no join copy)
+        if parts is not None and st.st_size <= keep_max:
+            size = max(CHUNK, st.st_size + 1)
+        while chunk := f.read(size):
+            size = CHUNK
             for h in hashers.values():
                 h.update(chunk)
             length += len(chunk)
+            if parts is not None and length <= keep_max:
+                parts.append(chunk)
+            else:
+                parts = None
             if progress is not None:
                 progress(len(chunk))
+    if keep is not None and parts is not None:
+        keep.append(b"".join(parts))
     return Entry({a: h.digest() for a, h in hashers.items()}, length, media)
 
 
@@ -203,7 +219,7 @@ def _loads(raw: bytes, what: str, where: str | None) -> Any:
 
 
 def _canonical(value: Any, raw: bytes, what: str, where: str | None) -> None:
-    if rfc8785.dumps(value) != bytes(raw):
+    if jcs.dumps(value) != bytes(raw):
         raise PackageError(f"{what} is not in canonical JSON (RFC 8785) form", path=where,
                            hint="serialize with JCS: sorted keys, no spaces, no floats")
 
@@ -226,7 +242,7 @@ class Entry:
 
     def to_bytes(self) -> bytes:
         """JCS bytes of the entry (an unsigned drawbridge tag body, :data:`ENTRY_TYPE`)."""
-        return rfc8785.dumps(self.to_json())
+        return jcs.dumps(self.to_json())
 
     def content_digest(self) -> str:
         return format_content_digest(self.digest)
@@ -297,7 +313,7 @@ class Directory:
         return {n: e.to_json() for n, e in sorted(self.entries.items())}
 
     def to_bytes(self) -> bytes:
-        return rfc8785.dumps(self.to_json())
+        return jcs.dumps(self.to_json())
 
     def entry(self) -> Entry:
         """The entry committing to this directory's bytes."""
@@ -482,19 +498,22 @@ def _verify_bytes(raw: bytes, entry: Entry, path: str) -> None:
         raise PackageError("expected a directory entry", path=path or None)
 
 
-def scan(root: Path, *, progress: Callable[[int], None] | None = None
+def scan(root: Path, *, progress: Callable[[int], None] | None = None,
+         keep: dict[str, bytes] | None = None, keep_max: int = 0
          ) -> Iterator[tuple[str, Entry]]:
-    """(path, entry) of every file under the directory ``root``, hashed as it goes."""
+    """(path, entry) of every file under the directory ``root``, hashed as it goes. With
+    ``keep``, the bytes hashed are kept there too (path -> bytes) while their total stays
+    within ``keep_max`` (:func:`hash_file`)."""
     try:
         st = os.stat(root)
     except OSError as e:
         raise PackageError(f"cannot read the package directory {root}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PackageError(f"{root} is not a directory")
-    count = 0
+    count = kept_total = 0
 
     def rec(directory: Path, prefix: str, depth: int) -> Iterator[tuple[str, Entry]]:
-        nonlocal count
+        nonlocal count, kept_total
         if depth > MAX_DEPTH:
             raise PackageError(f"nested deeper than {MAX_DEPTH} directories", path=prefix)
         try:
@@ -517,7 +536,13 @@ def scan(root: Path, *, progress: Callable[[int], None] | None = None
                 count += 1
                 if count > MAX_FILES:
                     raise PackageError(f"more than {MAX_FILES} files")
-                yield path, hash_file(Path(d.path), media_type(d.name), progress=progress)
+                kept: list[bytes] | None = [] if keep is not None else None
+                entry = hash_file(d.path, media_type(d.name), progress=progress,
+                                  keep=kept, keep_max=keep_max - kept_total)
+                if keep is not None and kept:
+                    keep[path] = kept[0]
+                    kept_total += entry.length
+                yield path, entry
             else:
                 raise PackageError("is not a regular file or directory", path=path,
                                    hint="a package holds regular files and directories only")

@@ -30,7 +30,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from enarx.errors import StoreError, UsageError
-from enarx.registry.access import MANIFEST_NAME, check_owner, check_read, manifest_identity
+from enarx.registry.access import (
+    MANIFEST_NAME,
+    check_owner,
+    check_read,
+    is_metadata,
+    manifest_identity,
+)
 from enarx.registry.auth import bearer_token, client_workload
 from enarx.registry.blobs import BlobStore, BodyTooLarge, Upload
 from enarx.registry.db import NodeRow, RegistryDB, RepoRow, TagRow
@@ -77,6 +83,7 @@ class _Ctx:
     def __init__(self, app: RegistryApp, request: Request, parts: list[str]) -> None:
         self.app, self.request, self.parts = app, request, parts
         self.owner: str | None = None
+        self.reader: str | None = None  # a read token's user (metadata of private repos)
         self.workload: str | None = None
 
 
@@ -173,6 +180,8 @@ class RegistryApp:
         if token is not None:
             ctx.owner = await self.call(self.db.token_owner, token)
             if ctx.owner is None:
+                ctx.reader = await self.call(self.db.read_token_owner, token)
+            if ctx.owner is None and ctx.reader is None:
                 raise RegistryHTTPError(
                     401, "Unauthorized", "unknown bearer token",
                     "create one on the registry host: enarx registry token create --user U")
@@ -187,7 +196,7 @@ class RegistryApp:
 
     @staticmethod
     def _must_own(ctx: _Ctx) -> None:
-        check_owner(ctx.parts[0], ctx.owner)
+        check_owner(ctx.parts[0], ctx.owner, ctx.reader)
 
     async def _body(self, request: Request) -> AsyncIterator[bytes]:
         """The request body, chunk by chunk; TimeoutError when a chunk takes longer than
@@ -278,14 +287,19 @@ class RegistryApp:
                              "enarx repo register")
         return repo
 
-    def _may_read(self, ctx: _Ctx, repo: RepoRow, tag_identities: Sequence[str] = ()) -> None:
-        check_read(repo, ctx.owner, ctx.workload, tag_identities)
+    def _may_read(self, ctx: _Ctx, repo: RepoRow, tag_identities: Sequence[str] = (),
+                  contents: bool = False) -> None:
+        check_read(repo, ctx.owner, ctx.workload, tag_identities, reader=ctx.reader,
+                   contents=contents)
 
-    async def _may_read_tag(self, ctx: _Ctx, repo: RepoRow, tag: TagRow) -> None:
-        """A tag and its tree are also readable by a Keep attested as that package."""
+    async def _may_read_tag(self, ctx: _Ctx, repo: RepoRow, tag: TagRow,
+                            contents: bool = False) -> None:
+        """A tag and its tree are also readable by a Keep attested as that package
+        (``contents``: a file's bytes, not only metadata; enarx.registry.access)."""
         if repo.public or ctx.owner == repo.owner or ctx.workload is None:
-            return self._may_read(ctx, repo)
-        return self._may_read(ctx, repo, await self._tag_identities(repo, ctx.parts[3], tag))
+            return self._may_read(ctx, repo, contents=contents)
+        return self._may_read(ctx, repo, await self._tag_identities(repo, ctx.parts[3], tag),
+                              contents=contents)
 
     async def _tag_identities(self, repo: RepoRow, tag_name: str, tag: TagRow) -> list[str]:
         """The tag's tree identity, plus its manifest's plaintext identity (enarx.registry.access;
@@ -400,6 +414,8 @@ class RegistryApp:
         if node is None:
             raise not_found(f"no {path or 'root directory'} in "
                              f"{repo.owner}/{repo.name}:{ctx.parts[3]}")
+        if not is_metadata(path, node.content_type):
+            await self._may_read_tag(ctx, repo, tag, contents=True)
         headers = {"content-type": node.content_type, "content-length": str(node.length),
                    "content-digest": format_content_digest(decode_digests(node.digests))}
         if method == "HEAD":

@@ -24,7 +24,7 @@ __all__ = ["bearer_token", "client_workload", "load_cas"]
 def load_cas(pem: bytes, source: str) -> list[x509.Certificate]:
     try:
         cas = x509.load_pem_x509_certificates(pem)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         cas = []
     if not cas:
         raise UsageError(f"{source} holds no PEM certificate",
@@ -52,7 +52,7 @@ def client_workload(cert_der: bytes | None, cas: Sequence[x509.Certificate],
 
     try:
         leaf = x509.load_der_x509_certificate(cert_der)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         return None
     now = now or dt.datetime.now(dt.UTC)
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:

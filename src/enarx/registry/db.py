@@ -50,6 +50,9 @@ _SCHEMA = (
     " PRIMARY KEY (owner, repo, tag, path))",
     "CREATE TABLE IF NOT EXISTS reg_tokens (hash TEXT PRIMARY KEY, owner TEXT NOT NULL,"
     " created_at {real} NOT NULL)",
+    # read tokens (``token create --read``): a private repository's metadata, no contents
+    "CREATE TABLE IF NOT EXISTS reg_read_tokens (hash TEXT PRIMARY KEY, owner TEXT NOT NULL,"
+    " created_at {real} NOT NULL)",
 )
 _TYPES = {"sqlite": {"blob": "BLOB", "real": "REAL"},
           "postgresql": {"blob": "BYTEA", "real": "DOUBLE PRECISION"}}
@@ -183,23 +186,34 @@ class RegistryDB:
 
     # --- tokens and users ----------------------------------------------------------------
 
-    def create_token(self, owner: str) -> str:
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    def create_token(self, owner: str, *, read_only: bool = False) -> str:
+        """A new token acting as ``owner``; ``read_only``: it reads the metadata (tags,
+        directories) of ``owner``'s private repositories and nothing else."""
+        table = "reg_read_tokens" if read_only else "reg_tokens"
+        token = TOKEN_PREFIX + ("read-" if read_only else "") + secrets.token_urlsafe(32)
         with self._tx() as tx:
-            tx("INSERT INTO reg_tokens (hash, owner, created_at) VALUES (?, ?, ?)",
+            tx(f"INSERT INTO {table} (hash, owner, created_at) VALUES (?, ?, ?)",
                token_hash(token), owner, time.time())
         return token
 
     def revoke_tokens(self, owner: str) -> int:
-        """Delete every token of ``owner``; returns how many there were."""
+        """Delete every token of ``owner`` (read tokens too); returns how many there were."""
+        n = 0
         with self._tx() as tx:
-            n = len(tx("SELECT hash FROM reg_tokens WHERE owner = ?", owner))
-            tx("DELETE FROM reg_tokens WHERE owner = ?", owner)
+            for table in ("reg_tokens", "reg_read_tokens"):
+                n += len(tx(f"SELECT hash FROM {table} WHERE owner = ?", owner))
+                tx(f"DELETE FROM {table} WHERE owner = ?", owner)
         return n
 
     def token_owner(self, token: str) -> str | None:
         with self._tx(write=False) as tx:
             rows = tx("SELECT owner FROM reg_tokens WHERE hash = ?", token_hash(token))
+        return str(rows[0][0]) if rows else None
+
+    def read_token_owner(self, token: str) -> str | None:
+        """The user whose private repositories' metadata a read token may read."""
+        with self._tx(write=False) as tx:
+            rows = tx("SELECT owner FROM reg_read_tokens WHERE hash = ?", token_hash(token))
         return str(rows[0][0]) if rows else None
 
     def put_user(self, name: str, record: bytes) -> bool:

@@ -151,7 +151,7 @@ class StewardCA:
             raise ConfigError("the CA key must be an EC or RSA key", path=path)
         try:
             certs = x509.load_pem_x509_certificates(cert_pem)
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise ConfigError(f"the CA certificate is not PEM ({e})", path=path,
                               hint="pass the CA certificate as PEM") from None
         cert = certs[0]

@@ -14,7 +14,8 @@ Pure: models, parsers and the two cryptographic rules of the protocol; the HTTP 
 
 Runtime-data binding (``expected_report_data``): the JSON object
 ``{"tee-pubkey": JWK, "nonce": nonce, "additional-evidence": <string, "" if none>}`` (plus
-``"workload": "sha384:<hex>"`` when the Keep binds its workload) serialised with RFC 8785
+``"workload": "sha384:<hex>"`` when the Keep binds its workload, and ``"package-signature"``
+when it presents a signed package's signature, ``steward/signers.py``) serialised with RFC 8785
 (JCS), hashed with SHA-384 and zero-padded to the 64 bytes of SNP/TDX/SGX REPORT_DATA.
 
 Resources travel as an RFC 7516 flattened JWE with exactly ``protected``, ``encrypted_key``,
@@ -138,6 +139,8 @@ class RuntimeData(_Model):
     nonce: str
     tee_pubkey: dict[str, Any] = Field(alias="tee-pubkey")
     workload: str | None = None
+    #: a signed package's signature (``steward/signers.py``); absent = unsigned
+    package_signature: dict[str, Any] | None = Field(None, alias="package-signature")
 
     @field_validator("tee_pubkey")
     @classmethod
@@ -259,7 +262,8 @@ def runtime_data_jcs(
     if isinstance(runtime_data, RuntimeData):
         # The JWK exactly as received (to_json would drop null members inside it).
         rd: dict[str, Any] = {"tee-pubkey": runtime_data.tee_pubkey,
-                              "nonce": runtime_data.nonce, "workload": runtime_data.workload}
+                              "nonce": runtime_data.nonce, "workload": runtime_data.workload,
+                              "package-signature": runtime_data.package_signature}
     else:
         rd = dict(runtime_data)
     obj: dict[str, Any] = {
@@ -269,6 +273,8 @@ def runtime_data_jcs(
     }
     if rd.get("workload") is not None:
         obj["workload"] = rd["workload"]
+    if rd.get("package-signature") is not None:
+        obj["package-signature"] = rd["package-signature"]
     out: bytes = rfc8785.dumps(obj)
     return out
 

@@ -80,9 +80,13 @@ class _Section(BaseModel):
 
 class WorkloadSection(_Section):
     """``[workload] allow = ["sha384:<hex>", ...]``; absent = any workload (and unbound
-    upstream CSRs are then accepted)."""
+    upstream CSRs are then accepted). ``signers = ["KEY.pub.pem", ...]``: packages must be
+    signed by one of these keys."""
 
     allow: list[str] | None = None
+    #: PEM public keys (relative to the policy file) one of which must have signed the
+    #: package; the server reads them (``steward/signers.py``). Empty/absent: not required.
+    signers: list[str] = Field(default_factory=list)
 
     @field_validator("allow")
     @classmethod
@@ -155,6 +159,8 @@ class StewardPolicy(_Section):
     def policy_id(self) -> str:
         """``sha256:<hex>`` of the JCS form of the policy (stable across key order)."""
         doc = json.loads(self.model_dump_json())
+        if not doc["workload"]["signers"]:
+            del doc["workload"]["signers"]  # ids of policies without signers stay as they were
         return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
 
     @property

@@ -40,6 +40,7 @@ __all__ = [
     "default_state_dir",
     "load_policy",
     "load_qe_identity",
+    "load_signers",
     "load_state",
     "make_app",
     "read_ca_pem",
@@ -197,6 +198,23 @@ def load_policy(path: Path) -> tuple[Any, list[bytes]]:
     return policy, roots
 
 
+def load_signers(path: Path, policy: Any) -> list[Any]:
+    """The public keys the policy's ``[workload] signers`` name (relative to the file)."""
+    from enarx.steward.signers import load_signer
+
+    keys = []
+    for entry in policy.workload.signers:
+        p = Path(entry) if Path(entry).is_absolute() else path.parent / entry
+        try:
+            pem = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read signer key {p}: {exc.strerror or exc}",
+                              path=str(path), key="workload.signers",
+                              hint="signers paths are relative to the policy file") from None
+        keys.append(load_signer(pem, source=str(p)))
+    return keys
+
+
 def load_qe_identity(path: Path) -> tuple[bytes, bytes]:
     """``--sgx-qe-identity FILE``: the SGX QE Identity document (Intel PCS
     ``qe_identity.json``) and its issuer chain, ``qe_identity_issuer_chain.pem`` next to it."""
@@ -220,7 +238,8 @@ def make_app(policy_path: Path, state: StewardState, *, secure_cookies: bool = T
                          hint="a directory of tcb_info.json, qe_identity.json, ... (optionally "
                          "in <fmspc>/ sub-directories)")
     steward = Steward(policy, state.ca, state.ear_signer, state.store, roots,
-                      sgx_qe_identity=qe, collateral_dir=collateral)
+                      sgx_qe_identity=qe, collateral_dir=collateral,
+                      signers=load_signers(policy_path, policy))
     return create_app(steward, admin_token=state.admin_token, secure_cookies=secure_cookies,
                       max_body=max_body or MAX_BODY)
 
@@ -263,7 +282,8 @@ def serve(
     from enarx.cli.output import warn
 
     policy_path = Path(policy_path)
-    load_policy(policy_path)  # refuse a bad policy (or options) before touching the state dir
+    # refuse a bad policy (or options) before touching the state dir
+    load_signers(policy_path, load_policy(policy_path)[0])
     if sgx_qe_identity is not None:
         load_qe_identity(sgx_qe_identity)
     if collateral is not None and not Path(collateral).is_dir():

@@ -112,7 +112,7 @@ def _fingerprint(cert_pem_or_der: bytes) -> str:
         cert = (x509.load_pem_x509_certificate(cert_pem_or_der)
                 if cert_pem_or_der.lstrip().startswith(b"-----")
                 else x509.load_der_x509_certificate(cert_pem_or_der))
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise BadRequest(f"trust root is not a certificate: {exc}") from None
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -192,7 +192,8 @@ class Steward:
     ``trust_roots`` are the extra (non-vendor) roots the policy names, as PEM/DER;
     ``purge_every``: every that many ``/auth`` calls (and at the first), expired sessions are
     deleted. ``collateral_dir`` holds Intel collateral for TDX/SGX quotes that arrive
-    without it. ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
+    without it. ``signers`` are the public keys of the policy's ``[workload] signers``.
+    ``clock`` gives "now"; ``evidence_clock`` (default: ``clock``) the time evidence is
     verified at, so tests can check recorded fixtures as of their capture time.
     """
 
@@ -210,6 +211,7 @@ class Steward:
         evidence_clock: Callable[[], dt.datetime] | None = None,
         purge_every: int = 1000,
         collateral_dir: Path | None = None,
+        signers: Sequence[Any] = (),
     ) -> None:
         self.policy = policy
         self.ca = ca
@@ -223,6 +225,8 @@ class Steward:
         #: Intel collateral for TDX/SGX quotes sent without it (``--collateral DIR``)
         self.collateral_dir = collateral_dir
         self.purge_every = purge_every
+        #: EC public keys of ``[workload] signers`` (none loaded with signers named: all refused)
+        self.signers = list(signers)
         self._auths = itertools.count()
         self.trust_roots = [bytes(r) for r in trust_roots]
         self._extra_roots = {_fingerprint(r) for r in self.trust_roots}
@@ -314,9 +318,10 @@ class Steward:
                 self.policy, checked.evidence, kind=checked.kind,
                 vendor_root=checked.vendor_root, workload=workload, workload_bound=True)
             info["status"] = appraisal.status
-            if not appraisal.ok:
-                raise _refusal("attestation refused by the steward's policy",
-                               _failures(appraisal))
+            failed = _failures(appraisal) + self._signature_failures(rd.package_signature,
+                                                                     workload)
+            if failed:
+                raise _refusal("attestation refused by the steward's policy", failed)
         except EnarxError:
             self._spend(session_id, rd.nonce, now)
             raise
@@ -329,6 +334,15 @@ class Steward:
                                hint="start again with POST /kbs/v0/auth")
         return AttestOutcome(token=token, status=appraisal.status, workload=workload,
                              platform=checked.kind)
+
+    def _signature_failures(self, doc: Any, workload: str | None) -> list[dict[str, Any]]:
+        """``[workload] signers``: the presented package signature (steward/signers.py)."""
+        if not (self.policy.workload.signers or self.signers):
+            return []
+        from enarx.steward.signers import check_signature
+
+        bad = check_signature(doc, self.signers, workload)
+        return [] if bad is None else [bad]
 
     def _spend(self, session_id: str, nonce: str, now: dt.datetime) -> None:
         """A refused attestation uses up the session's nonce (no retry with the same one)."""
@@ -514,8 +528,9 @@ class Steward:
         appraisal = appraise(self.policy, ev, kind=kind, vendor_root=vendor, workload=None,
                              workload_bound=False)
         info["status"] = appraisal.status
-        if not appraisal.ok:
-            raise _refusal("attestation refused by the steward's policy", _failures(appraisal))
+        failed = _failures(appraisal) + self._signature_failures(None, None)
+        if failed:
+            raise _refusal("attestation refused by the steward's policy", failed)
         exts: list[x509.Extension[Any]] = [extensions.workload_extension(None)]
         digest = "none"
         if ev is not None:

@@ -158,7 +158,7 @@ def _cert(der: bytes, what: str) -> bytes:
             # AMD issues VCEKs with serial 0 (see attestation/snp/certs.py).
             warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
             x509.load_der_x509_certificate(der)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise _bad(f"{what} does not parse: {e}") from None
     return der
 

@@ -26,6 +26,7 @@ from enarx.wasi.abi import (
     WasiError,
 )
 from enarx.wasi.dirhandle import DirHandle
+from enarx.wasi.encfs import EncFileHandle
 from enarx.wasi.fdtable import FileHandle, Handle, NullHandle, StdioHandle
 from enarx.wasi.guestmem import clip, iovecs, view, write_bytes
 
@@ -294,7 +295,7 @@ class FdCalls:
         h = self.fds.get(fd)
         if isinstance(h, DirHandle):
             return Errno.BADF
-        if isinstance(h, FileHandle) and not h.writable:
+        if isinstance(h, FileHandle | EncFileHandle) and not h.writable:
             # As Linux ftruncate (and wasmtime): not open for writing; a read-only pre-open
             # answers EROFS to every write, as everywhere else.
             return Errno.ROFS if h.readonly else Errno.INVAL

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from enarx.wasi import abi
 from enarx.wasi.abi import FILESTAT, U32, Errno, WasiError, from_oserror
 from enarx.wasi.dirhandle import DirHandle
+from enarx.wasi.encfs import EncDirHandle
 from enarx.wasi.fdcalls import check_fstflags
 from enarx.wasi.fdtable import (
     FILE_METADATA_RIGHTS,
@@ -121,7 +122,7 @@ class PathCalls:
         oflags &= 0xFFFF
         fdflags &= 0xFFFF
         p = self._path(mv, path, path_len)
-        if isinstance(d, MemDirHandle):  # secrets / deployed package files (memory only)
+        if isinstance(d, MemDirHandle | EncDirHandle):  # memory only / encrypted tree
             mem = d.open_path(p, oflags, base, fdflags)
             self.fds.add_guest(mem, lambda new_fd: U32.pack_into(mv, out, new_fd))
             return 0
@@ -191,6 +192,9 @@ class PathCalls:
     def _path_create_directory(self, mv: memoryview, fd: int, path: int, length: int) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_CREATE_DIRECTORY, write=True)
         p = self._path(mv, path, length)
+        if isinstance(d, EncDirHandle):
+            d.mkdir_path(p)
+            return 0
         with resolve(d.host_fd, p, follow=False) as r:
             try:
                 os.mkdir(r.name_slash, 0o777, dir_fd=r.dirfd)
@@ -203,7 +207,7 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_GET)
         p = self._path(mv, path, length)
-        if isinstance(d, MemDirHandle):
+        if isinstance(d, MemDirHandle | EncDirHandle):
             FILESTAT.pack_into(mv, out, *d.stat_path(p))
             return 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
@@ -239,6 +243,11 @@ class PathCalls:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_SET_TIMES, write=True)
         p = self._path(mv, path, length)
         check_fstflags(fst)
+        if isinstance(d, EncDirHandle):
+            d.set_times_path(p, atim if fst & abi.FST_ATIM else None,
+                             mtim if fst & abi.FST_MTIM else None,
+                             bool(fst & abi.FST_ATIM_NOW), bool(fst & abi.FST_MTIM_NOW))
+            return 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
         with resolve(d.host_fd, p, follow=follow) as r:
             _require_dir_if_slash(r)
@@ -272,6 +281,12 @@ class PathCalls:
         nd = _dir(self.fds, new_fd, abi.RIGHT_PATH_LINK_TARGET, write=True)
         op = self._path(mv, old_path, old_len)
         np_ = self._path(mv, new_path, new_len)
+        if isinstance(od, EncDirHandle) or isinstance(nd, EncDirHandle):
+            # no hard links in an encrypted tree (ENOTSUP), nor into or out of one (EXDEV)
+            if isinstance(od, EncDirHandle) and isinstance(nd, EncDirHandle) \
+                    and od.encdir is nd.encdir:
+                od.link_path(op, nd, np_)
+            raise WasiError(Errno.XDEV)
         follow = bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW)
         with resolve(od.host_fd, op, follow=follow or op.endswith(b"/")) as ro:
             if ro.must_dir:
@@ -296,7 +311,7 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_READLINK)
         p = self._path(mv, path, length)
-        if isinstance(d, MemDirHandle):
+        if isinstance(d, MemDirHandle | EncDirHandle):
             d.readlink_path(p)
         with resolve(d.host_fd, p, follow=False) as r:
             if r.must_dir:
@@ -323,6 +338,9 @@ class PathCalls:
         for removing "." itself."""
         d = _dir(self.fds, fd, right, write=True)
         p = self._path(mv, path, length)
+        if isinstance(d, EncDirHandle):
+            (d.rmdir_path if remove is os.rmdir else d.unlink_path)(p)
+            return 0
         with resolve(d.host_fd, p, follow=False) as r:
             if r.name == b".":
                 raise WasiError(dot)
@@ -346,6 +364,11 @@ class PathCalls:
         nd = _dir(self.fds, new_fd, abi.RIGHT_PATH_RENAME_TARGET, write=True)
         op = self._path(mv, old_path, old_len)
         np_ = self._path(mv, new_path, new_len)
+        if isinstance(od, EncDirHandle):
+            od.rename_path(op, nd, np_)  # EXDEV unless within the same encrypted tree
+            return 0
+        if isinstance(nd, EncDirHandle):
+            raise WasiError(Errno.XDEV)
         with (
             resolve(od.host_fd, op, follow=False) as ro,
             resolve(nd.host_fd, np_, follow=False) as rn,
@@ -372,6 +395,8 @@ class PathCalls:
         if target.startswith(b"/"):
             # Never plant a link to a host absolute path (host tools would follow it).
             raise WasiError(Errno.PERM)
+        if isinstance(d, EncDirHandle):
+            d.symlink_path(target, p)  # no symlinks in an encrypted tree: ENOTSUP
         with resolve(d.host_fd, p, follow=False) as r:
             # Nor a relative one that climbs out of the pre-open from where it is created.
             if not stays_inside(r.depth, target):
