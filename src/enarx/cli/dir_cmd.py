@@ -12,40 +12,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from enarx.encdir.keyfile import read_key_file
+from enarx.encdir.keys import KEY_SIZE
 from enarx.errors import ResourceError, UsageError
 
 __all__ = ["KEY_SIZE", "dir_group", "read_key_file", "write_key_file"]
 
-KEY_SIZE = 32
-_KEY_HINT = "make one with `enarx dir keygen --out KEYFILE` (or `head -c 32 /dev/urandom > KEYFILE`)"
 
-
-def read_key_file(path: Path) -> bytes:
-    """The 32-byte directory key in ``path``; a clear error for anything else."""
-    try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"key file {path} is not a regular file", hint=_KEY_HINT)
-            data = f.read(KEY_SIZE + 1)
-    except FileNotFoundError:
-        raise UsageError(f"key file {path} does not exist", hint=_KEY_HINT) from None
-    except IsADirectoryError:
-        raise UsageError(f"key file {path} is a directory", hint=_KEY_HINT) from None
-    except PermissionError:
-        raise UsageError(f"cannot read key file {path}: permission denied",
-                         hint="check the file's owner and mode (0600 is expected)") from None
-    if len(data) != KEY_SIZE:
-        what = "more than" if len(data) > KEY_SIZE else f"{len(data)} bytes, not"
-        raise UsageError(f"key file {path} holds {what} {KEY_SIZE} bytes",
-                         hint=f"a directory key is exactly {KEY_SIZE} raw bytes; {_KEY_HINT}")
-    return data
 
 
 def write_key_file(out: Path) -> None:

@@ -117,7 +117,7 @@ def _encrypted_dir(f: Any, where: str, base_dir: str, dir_keys: Mapping[str, byt
     else:
         from pathlib import Path
 
-        from enarx.cli.dir_cmd import read_key_file
+        from enarx.encdir.keyfile import read_key_file
 
         key_path = os.path.join(base_dir, os.path.expanduser(f.encryption_key_file))
         try:

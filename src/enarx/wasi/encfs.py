@@ -393,15 +393,13 @@ class EncFileHandle(Handle):
         want = sum(len(b) for b in bufs)
         if want == 0:
             return 0
-        with core_errors():
-            data = self.file.pread(want, offset)
         done = 0
-        for b in bufs:
-            chunk = data[done : done + len(b)]
-            b[: len(chunk)] = chunk
-            done += len(chunk)
-            if done >= len(data):
-                break
+        with core_errors():
+            for b in bufs:  # decrypted straight into guest memory (no intermediate copy)
+                n = int(self.file.pread_into(b, offset + done))
+                done += n
+                if n < len(b):
+                    break
         return done
 
     def _pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
