@@ -31,3 +31,30 @@ if "$ENARX" attest verify "$work/report.bin" --platform snp --cert "$work/report
   exit 1
 fi
 echo "refused, as it must be"
+
+step "6. A steward (sim allowed by its policy) and a Keep that attests to it before it starts"
+printf 'allow = ["sim"]\ntrust_roots = ["%s"]\n' "$work/report.bin.ark.pem" > "$work/steward.toml"
+ENARX_SIM_DIR="$work/sim" "$ENARX" steward serve --policy "$work/steward.toml" \
+    --state-dir "$work/steward" --port 0 2> "$work/steward.log" &
+steward_pid=$!
+trap 'kill "$steward_pid" 2>/dev/null; wait "$steward_pid" 2>/dev/null; rm -rf "$work"' EXIT
+url=""
+for _ in $(seq 1 100); do
+  url=$(sed -n 's/.*"event": *"listening".*"url": *"\([^"]*\)".*/\1/p' "$work/steward.log" | head -1)
+  [ -n "$url" ] && break
+  kill -0 "$steward_pid" 2>/dev/null || { cat "$work/steward.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "demo: the steward did not start" >&2; cat "$work/steward.log" >&2; exit 1; }
+"$ENARX" steward ca --state-dir "$work/steward" > "$work/steward-ca.pem"
+echo "steward at $url"
+ENARX_SIM_DIR="$work/sim" "$ENARX" run --backend sim --steward "$url" \
+    --steward-ca "$work/steward-ca.pem" examples/hello/hello.wasm
+
+step "7. The same Keep on nil is refused: the policy does not name nil (exit code 4 expected)"
+if "$ENARX" run --backend nil --steward "$url" --steward-ca "$work/steward-ca.pem" \
+    examples/hello/hello.wasm; then
+  echo "demo: a nil Keep was certified by a steward that does not allow nil" >&2
+  exit 1
+fi
+echo "refused, as it must be"

@@ -132,7 +132,8 @@ def test_errnos_match_posix(d: EncDir) -> None:
     assert errno_of(d.rename, "dir", "f") == errno.ENOTDIR
     assert errno_of(d.rename, "dir", "dir/inner2") == errno.EINVAL
     assert errno_of(d.lookup, "../x") == errno.EPERM
-    assert errno_of(d.symlink, "f", "l") == errno.ENOTSUP
+    assert errno_of(d.symlink, "x", "f") == errno.EEXIST
+    assert errno_of(d.readlink, "f") == errno.EINVAL
     assert errno_of(d.link, "f", "l") == errno.ENOTSUP
     assert errno_of(d.lookup, ("a/b",)) == errno.EINVAL
 

@@ -335,9 +335,7 @@ Probe = Callable[[Path], Any]
 
 
 @pytest.mark.parametrize(("backend", "flags", "nodes", "tsm_dir", "failing"), [
-    # A KVM host still reports kvm unavailable: there is no VM launcher in this release.
-    (KvmBackend, "vmx", ("/dev/kvm",), False, ["kvm keep launcher"]),
-    (KvmBackend, "", (), False, ["/dev/kvm", "cpu flag vmx/svm", "kvm keep launcher"]),
+    # KvmBackend (a QEMU VM per workload) is probed in tests/vm/test_launch.py.
     (SnpBackend, "sev_snp", ("/dev/sev-guest",), False, []),
     (SnpBackend, "sev_snp", (), True, []),
     (SnpBackend, "", (), False, ["cpu flag sev_snp",

@@ -28,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "verify-keep": ("enarx.cli.verify_keep_cmd:verify_keep",
                     "Verify a running Keep's certificate and evidence"),
     "key": ("enarx.cli.key_cmd:key", "Make package signing keys"),
+    "keep": ("enarx.cli.keep_cmd:keep", "Build and measure the VM Keep image"),
     "dir": ("enarx.cli.dir_cmd:dir_group",
             "Encrypt, decrypt and make keys for encrypted data directories"),
     "registry": ("enarx.cli.registry_cmd:registry", "Run the package registry"),

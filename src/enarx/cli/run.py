@@ -221,6 +221,12 @@ def run(
     if limits.max_memory > DEFAULT_MAX_MEMORY:
         raise UsageError("--max-memory above 4G is meaningless for wasm32", hint="use 4G or less")
     sys.stdout.flush()
+    if chosen.name == "kvm":  # one VM per workload (enarx.vm): the same inputs, run inside
+        from enarx.vm.launcher import run_cli
+
+        sys.exit(run_cli(wasm, module.name, wasmcfgfile, dirs=extra_dirs, args=args,
+                         env=extra_env, limits=limits, fd_env=not no_fd_env, steward=target,
+                         warn=warn) & 0xFF)
     code = run_workload(
         Workload(wasm=wasm, argv0=module.name),
         conf,

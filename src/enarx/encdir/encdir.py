@@ -4,8 +4,11 @@ Paths are guest paths relative to the root: a ``str`` such as ``"a/b.txt"`` or a
 of components (``(b"a", b"b.txt")``). Components are names (no ``/``, not ``.`` or ``..``);
 resolving ``..`` and refusing escapes is the caller's job (a ``str`` path may use ``..``
 lexically, never above the root). Host symlinks, devices or sockets inside the tree are
-never followed: finding one is :class:`EncDirCorrupt`. Symlinks and hard links cannot be
-created (ENOTSUP).
+never followed: finding one is :class:`EncDirCorrupt`. A guest symlink is a host regular file
+of its own format (:mod:`enarx.encdir.symlinks`, kind ``"symlink"``); this class never follows
+one (following, with its confinement, is the WASI layer's job): as a directory component it
+is ``ENOTDIR``, opened as a file ``ELOOP``. Hard links cannot be created (ENOTSUP: a file's
+trailer and crash journal are bound to one host name, see docs/encrypted-dirs.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from enarx.encdir.encfile import (
 from enarx.encdir.errors import EncDirCorrupt, EncDirError, EncDirFsError
 from enarx.encdir.keys import MARKER_NAME, DirKeys, build_marker, check_marker
 from enarx.encdir.names import DIRIV_NAME, DIRIV_SIZE, decrypt_name, encrypt_name, is_metadata
+from enarx.encdir.symlinks import LINK_MAGIC, MAX_TARGET, is_link, open_link, seal_link
 from enarx.fsutil import atomic_write
 
 __all__ = ["EncDir", "GuestPath"]
@@ -243,12 +247,35 @@ class EncDir(Owner):
         except NotADirectoryError:
             raise EncDirFsError(errno.ENOTDIR) from None
 
-    def _kind(self, s: os.stat_result) -> str:
+    @staticmethod
+    def _read_host(host: str, n: int) -> bytes:
+        flags = os.O_RDONLY | os.O_NOFOLLOW
+        try:  # a peek must not change the guest-visible atime (host atime is the file's)
+            try:
+                fd = os.open(host, flags | getattr(os, "O_NOATIME", 0))
+            except PermissionError:  # O_NOATIME needs the file's owner
+                fd = os.open(host, flags)
+        except FileNotFoundError:
+            raise EncDirFsError(errno.ENOENT) from None
+        except OSError as e:
+            raise EncDirCorrupt(f"a host entry cannot be read: {e.strerror}") from None
+        try:
+            return os.pread(fd, n, 0)
+        finally:
+            os.close(fd)
+
+    def _kind(self, s: os.stat_result, host: str) -> str:
+        """``dir``, ``file`` or ``symlink`` (a claim its format then authenticates)."""
         if st.S_ISDIR(s.st_mode):
             return "dir"
         if st.S_ISREG(s.st_mode):
-            return "file"
+            return "symlink" if is_link(self._read_host(host, len(LINK_MAGIC))) else "file"
         raise EncDirCorrupt("a host entry is neither a file nor a directory (symlink?)")
+
+    def _link_target(self, host: str) -> bytes:
+        data = self._read_host(host, MAX_TARGET + 64)
+        parent = os.path.dirname(host)
+        return open_link(self._keys.links, self._diriv(parent), os.path.basename(host), data)
 
     def _writable(self) -> None:
         if self.readonly:
@@ -262,8 +289,11 @@ class EncDir(Owner):
             s = self._lstat(host)
             if s is None:
                 raise EncDirFsError(errno.ENOENT)
-            if self._kind(s) == "dir":
+            kind = self._kind(s, host)
+            if kind == "dir":
                 return _node(s, "dir", s.st_size)
+            if kind == "symlink":
+                return _node(s, "symlink", len(self._link_target(host)))
             state = self._states.get((s.st_dev, s.st_ino))
             if state is not None:
                 return state.node()
@@ -276,7 +306,8 @@ class EncDir(Owner):
     stat = lookup
 
     def listdir(self, path: GuestPath) -> list[tuple[bytes, str]]:
-        """``(name, kind)`` of every entry of directory ``path`` (kind ``file`` or ``dir``)."""
+        """``(name, kind)`` of every entry of directory ``path`` (kind ``file``, ``dir`` or
+        ``symlink``)."""
         with self._lock:
             host = self._dir(_parts(path))
             iv = self._diriv(host)
@@ -286,7 +317,7 @@ class EncDir(Owner):
                     if is_metadata(e.name):
                         continue
                     name = decrypt_name(self._keys.names, e.name, iv)
-                    out.append((name, self._kind(e.stat(follow_symlinks=False))))
+                    out.append((name, self._kind(e.stat(follow_symlinks=False), e.path)))
             return sorted(out)
 
     # --- files ------------------------------------------------------------------------------
@@ -334,8 +365,12 @@ class EncDir(Owner):
             else:
                 if create and excl:
                     raise EncDirFsError(errno.EEXIST)
-                if self._kind(s) == "dir":
+                kind = self._kind(s, host)
+                if kind == "dir":
                     raise EncDirFsError(errno.EISDIR)
+                if kind == "symlink":  # never followed here (as O_NOFOLLOW); a fake is EIO
+                    self._link_target(host)
+                    raise EncDirFsError(errno.ELOOP)
             if trunc:
                 self._writable()
             state = self._acquire(host)
@@ -414,7 +449,7 @@ class EncDir(Owner):
             s = self._lstat(host)
             if s is None:
                 raise EncDirFsError(errno.ENOENT)
-            if self._kind(s) != "dir":
+            if self._kind(s, host) != "dir":
                 raise EncDirFsError(errno.ENOTDIR)
             if not self._empty(host):
                 raise EncDirFsError(errno.ENOTEMPTY)
@@ -436,7 +471,7 @@ class EncDir(Owner):
             s = self._lstat(host)
             if s is None:
                 raise EncDirFsError(errno.ENOENT)
-            if not parts or self._kind(s) == "dir":
+            if not parts or self._kind(s, host) == "dir":
                 raise EncDirFsError(errno.EISDIR)
             self._forget_path(host)
             os.unlink(host)
@@ -454,17 +489,17 @@ class EncDir(Owner):
             ss = self._lstat(shost)
             if ss is None:
                 raise EncDirFsError(errno.ENOENT)
-            skind = self._kind(ss)
+            skind = self._kind(ss, shost)
             if skind == "dir" and dp[: len(sp)] == sp and dp != sp:
                 raise EncDirFsError(errno.EINVAL, "cannot move a directory into itself")
             ds = self._lstat(dhost)
             if ds is not None:
                 if (ds.st_dev, ds.st_ino) == (ss.st_dev, ss.st_ino):
                     return
-                dkind = self._kind(ds)
-                if skind == "file" and dkind == "dir":
+                dkind = self._kind(ds, dhost)
+                if skind != "dir" and dkind == "dir":
                     raise EncDirFsError(errno.EISDIR)
-                if skind == "dir" and dkind == "file":
+                if skind == "dir" and dkind != "dir":
                     raise EncDirFsError(errno.ENOTDIR)
                 if dkind == "dir":
                     if not self._empty(dhost):
@@ -474,6 +509,10 @@ class EncDir(Owner):
                     self._forget_path(dhost)
             if skind == "file":
                 self._rename_file(shost, dhost)
+                return
+            if skind == "symlink":  # re-sealed under its new name, then the old one goes
+                self._place_link(dparent, dhost, self._link_target(shost), replace=True)
+                os.unlink(shost)
                 return
             os.rename(shost, dhost)
             self._ivs.clear()
@@ -513,8 +552,46 @@ class EncDir(Owner):
             if state is not None:
                 state.touched_ns = 0
 
-    def symlink(self, target: GuestPath, path: GuestPath) -> None:
-        raise EncDirFsError(errno.ENOTSUP, "encrypted directories have no symlinks")
+    def _place_link(self, parent: str, host: str, target: bytes, *, replace: bool) -> None:
+        data = seal_link(self._keys.links, self._diriv(parent), os.path.basename(host), target)
+        tmp = _tmp_name(parent, "link")
+        _write_new(tmp, data)
+        try:
+            if replace:
+                os.rename(tmp, host)
+            else:
+                os.link(tmp, host)  # atomic create-if-absent
+        except FileExistsError:
+            raise EncDirFsError(errno.EEXIST) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def symlink(self, target: str | bytes, path: GuestPath) -> None:
+        """Create a symlink at ``path`` whose target (stored encrypted and bound to the
+        link's name) is ``target``, as is: it is never resolved here."""
+        with self._lock:
+            self._writable()
+            raw = target.encode("utf-8", "surrogateescape") if isinstance(target, str) \
+                else bytes(target)
+            parts = _parts(path)
+            if not parts:
+                raise EncDirFsError(errno.EEXIST)
+            parent, host = self._locate(parts)
+            if self._lstat(host) is not None:
+                raise EncDirFsError(errno.EEXIST)
+            self._place_link(parent, host, raw, replace=False)
+
+    def readlink(self, path: GuestPath) -> bytes:
+        """The target of the symlink ``path`` (EINVAL when it is not a symlink)."""
+        with self._lock:
+            _, host = self._locate(_parts(path))
+            s = self._lstat(host)
+            if s is None:
+                raise EncDirFsError(errno.ENOENT)
+            if self._kind(s, host) != "symlink":
+                raise EncDirFsError(errno.EINVAL, "not a symlink")
+            return self._link_target(host)
 
     def link(self, src: GuestPath, dst: GuestPath) -> None:
         raise EncDirFsError(errno.ENOTSUP, "encrypted directories have no hard links")

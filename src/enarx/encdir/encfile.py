@@ -48,7 +48,7 @@ _IOV_BATCH = 512  # pieces per pwritev (below every IOV_MAX)
 class Node:
     """What ``stat`` says about a guest file or directory."""
 
-    kind: str  # "file" or "dir"
+    kind: str  # "file", "dir" or "symlink"
     size: int
     mtime_ns: int
     atime_ns: int

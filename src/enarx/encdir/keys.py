@@ -8,7 +8,8 @@ HKDF-SHA256 under distinct labels, so no derived key can be turned into another:
 * ``names``: the 512-bit AES-SIV key that encrypts file and directory names;
 * ``header``: the AES-256-GCM key that seals every file's trailer (which wraps the file's
   random content key and authenticates its length, write counter and block versions);
-* ``journal``: the HMAC key that authenticates crash-recovery journals.
+* ``journal``: the HMAC key that authenticates crash-recovery journals;
+* ``links``: the AES-256-GCM key that seals symlink targets (:mod:`enarx.encdir.symlinks`).
 
 Each file's contents are sealed under its own random 32-byte key, so no two files share a
 (key, nonce) space and blocks cannot be moved between files.
@@ -51,6 +52,7 @@ class DirKeys:
     names: AESSIV
     header: AESGCM
     journal: bytes
+    links: AESGCM
 
     @classmethod
     def derive(cls, key: bytes) -> DirKeys:
@@ -61,7 +63,8 @@ class DirKeys:
         key = bytes(key)
         return cls(check=_derive(key, "check", 32), names=AESSIV(_derive(key, "names", 64)),
                    header=AESGCM(_derive(key, "header", 32)),
-                   journal=_derive(key, "journal", 32))
+                   journal=_derive(key, "journal", 32),
+                   links=AESGCM(_derive(key, "links", 32)))
 
     def check_value(self) -> bytes:
         return hmac.new(self.check, _CHECK_MESSAGE, hashlib.sha256).digest()

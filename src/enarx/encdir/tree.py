@@ -4,8 +4,10 @@ Both directions stream file contents in 1 MiB pieces, report progress as ``progr
 with the number of plaintext bytes just processed (a delta; the total is the sum of the
 plaintext file sizes), and build the output in a hidden temporary directory next to ``dst``
 that is renamed into place only when complete: ``dst`` (absent or an empty directory) is
-either untouched or whole, never half-written. Only regular files and directories are converted; a symlink,
-device or socket in the source is refused (:class:`EncDirFsError`, ENOTSUP).
+either untouched or whole, never half-written. Encrypting converts regular files and
+directories only: a symlink, device or socket in the source is refused (:class:`EncDirFsError`,
+ENOTSUP). Decrypting writes the tree's symlinks (made by a guest) as relative host symlinks;
+their progress counts the target's length, as ``lookup(link).size`` does.
 """
 
 from __future__ import annotations
@@ -120,9 +122,25 @@ def _encrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
         raise
 
 
-def _enc_walk(enc: EncDir) -> tuple[list[str], list[tuple[str, int]]]:
+def _stays_inside(depth: int, target: bytes) -> bool:
+    """Whether a relative symlink ``depth`` directories below the root names (lexically)
+    something inside the tree."""
+    if target.startswith(b"/"):
+        return False
+    for comp in target.split(b"/"):
+        if comp == b"..":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif comp and comp != b".":
+            depth += 1
+    return True
+
+
+def _enc_walk(enc: EncDir) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     dirs: list[str] = []
     files: list[tuple[str, int]] = []
+    links: list[str] = []
 
     def walk(rel: str) -> None:
         for name, kind in enc.listdir(rel):
@@ -130,11 +148,13 @@ def _enc_walk(enc: EncDir) -> tuple[list[str], list[tuple[str, int]]]:
             if kind == "dir":
                 dirs.append(path)
                 walk(path)
+            elif kind == "symlink":
+                links.append(path)
             else:
                 files.append((path, enc.lookup(path).size))
 
     walk("")
-    return dirs, files
+    return dirs, files, links
 
 
 def decrypt_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: bytes,
@@ -148,7 +168,7 @@ def decrypt_tree(src: str | os.PathLike[str], dst: str | os.PathLike[str], key: 
 def _decrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> None:
     enc = EncDir.open(src, key, readonly=True)
     try:
-        dirs, files = _enc_walk(enc)
+        dirs, files, links = _enc_walk(enc)
         tmp = _staging(dst)
         try:
             os.mkdir(tmp, 0o700)
@@ -166,6 +186,14 @@ def _decrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
                             progress(len(chunk))
                     node = inp.stat()
                 os.utime(out_path, ns=(node.atime_ns, node.mtime_ns))
+            for rel in links:
+                target = enc.readlink(rel)
+                if not _stays_inside(rel.count("/"), target):  # host tools would follow it
+                    raise EncDirFsError(errno.EPERM, f"symlink {rel} points outside the tree",
+                                        hint="remove that link inside a Keep, then decrypt")
+                os.symlink(target, os.path.join(tmp, rel).encode("utf-8", "surrogateescape"))
+                if progress is not None:
+                    progress(len(target))
             for d in reversed(dirs):
                 node = enc.lookup(d)
                 os.utime(os.path.join(tmp, d), ns=(node.atime_ns, node.mtime_ns))

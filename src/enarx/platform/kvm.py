@@ -42,17 +42,41 @@ def node_check(backend: Backend, node: str, hint: str, *, rw: bool = False) -> C
 
 
 class KvmBackend(Backend):
+    """One QEMU VM per workload (``enarx.vm``): ``-accel kvm`` when a probe boot under KVM
+    reached the agent, else TCG emulation. Never the default unless that probe succeeded."""
+
     name = "kvm"
     confidential = False
     warning = "kvm: the host can read the Keep's memory; this is not confidential"
 
     def probe(self) -> list[Check]:
+        from enarx.vm.launcher import cached_probe, qemu_version
+
+        version = qemu_version()
+        kvm = node_check(self, "/dev/kvm", "enable virtualization in firmware and load kvm_intel "
+                         "or kvm_amd", rw=True)
+        probe = cached_probe()
+        if not kvm.passed:
+            accel = "TCG emulation (no usable /dev/kvm)"
+        elif probe is None:
+            accel = "not probed yet: the first `enarx run --backend kvm` boots a KVM probe"
+        elif probe.get("accel") == "kvm":
+            accel = f"KVM ({probe.get('why')}, QEMU {probe.get('qemu')})"
+        else:
+            accel = f"TCG fallback: {probe.get('why')} (QEMU {probe.get('qemu')})"
         return [
-            node_check(self, "/dev/kvm", "enable virtualization in firmware and load kvm_intel "
-                       "or kvm_amd", rw=True),
-            flag_check(self, ("vmx", "svm"), "enable VT-x/AMD-V in the firmware setup"),
-            # Honesty over convenience: running in-process and calling it "kvm" would claim
-            # VM isolation the workload does not get.
-            Check("kvm keep launcher", False, "not in this release: workloads run in-process",
-                  "use --backend nil (same isolation) or a confidential VM (sev-snp, tdx)"),
+            Check("qemu-system-x86_64", version is not None,
+                  f"QEMU {version}" if version else "not found", "install qemu-system-x86"),
+            # Informational: without KVM the VM Keep still runs, under TCG emulation.
+            Check("/dev/kvm", True, kvm.detail + ("" if kvm.passed else ": TCG fallback"), kvm.hint),
+            Check("vm accelerator", True, accel,
+                  "delete ~/.cache/enarx/vm/kvm-probe.json to probe again"),
         ]
+
+    def available(self) -> bool:
+        """Default selection only when KVM itself boots the image (a cached probe said so);
+        ``--backend kvm`` still works with the TCG fallback."""
+        from enarx.vm.launcher import cached_probe
+
+        probe = cached_probe()
+        return super().available() and probe is not None and probe.get("accel") == "kvm"

@@ -8,15 +8,19 @@ is not a host directory fd: its names and contents are ciphertext on the host, a
 these directories off here as they hand :mod:`enarx.wasi.memfs` ones to memory, and the
 native fast path never serves them (it only takes exact ``FileHandle``/``StdioHandle``).
 
-Guest paths are resolved lexically here (there are no symlinks in an encrypted tree: creating
-one or a hard link answers ``ENOTSUP``): ``.`` is skipped, ``..`` goes up after checking that
-what it leaves is a directory, and nothing climbs above the fd it starts from (``EPERM``, as
-:mod:`enarx.wasi.resolve`). The core gets plain components (``tuple[bytes, ...]``, ``()`` the
-root). Its POSIX errors become the errno a plain pre-open gives; a block, header or name
+Guest paths are resolved here one component at a time, as :mod:`enarx.wasi.resolve` does on
+host fds: ``.`` is skipped, ``..`` pops a directory already checked, nothing climbs above the
+fd it starts from (``EPERM``); symlinks (stored encrypted by the core, which never follows
+them) are read and spliced into the rest of the path, counted (more than
+:data:`~enarx.wasi.resolve.MAX_SYMLINK_EXPANSIONS` is ``ELOOP``), an absolute target is an
+escape (``EPERM``), and the last component is followed only when the call asks
+(``LOOKUP_SYMLINK_FOLLOW`` or a trailing ``/``). Creating a symlink whose target would climb
+out of the fd's directory is ``EPERM``, as on a plain pre-open. Hard links answer
+``ENOTSUP``. The core gets plain components (``tuple[bytes, ...]``, ``()`` the root). Its POSIX errors become the errno a plain pre-open gives; a block, header or name
 that fails authentication is ``EIO``, never wrong data.
 
 Limits: a directory fd remembers its path, so a directory renamed while open keeps naming
-the old path (its next call answers ``ENOENT``); symlinks and hard links are not supported.
+the old path (its next call answers ``ENOENT``); hard links are not supported.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.dirhandle import DIRENT_SIZE, Dirent, DirHandle
 from enarx.wasi.fdtable import FILE_METADATA_RIGHTS, Filestat, Handle
-from enarx.wasi.resolve import check_path
+from enarx.wasi.resolve import MAX_SYMLINK_EXPANSIONS, check_path, stays_inside
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import DirStreams
@@ -76,12 +80,19 @@ def _kind_is_dir(node: Any) -> bool:
     return kind in ("dir", "directory") or getattr(kind, "name", "").lower() in ("dir", "directory")
 
 
+def _kind_is_link(node: Any) -> bool:
+    return getattr(node, "kind", None) == "symlink"
+
+
 def _filestat(node: Any, size: int | None = None) -> Filestat:
     mtime = int(getattr(node, "mtime_ns", 0) or 0)
     atime = int(getattr(node, "atime_ns", mtime) or mtime)
     ctime = int(getattr(node, "ctime_ns", mtime) or mtime)
     if _kind_is_dir(node):
         return (_DEV, int(node.ino), Filetype.DIRECTORY, 2, 0, atime, mtime, ctime)
+    if _kind_is_link(node):
+        return (_DEV, int(node.ino), Filetype.SYMBOLIC_LINK, 1, int(node.size), atime, mtime,
+                ctime)
     n = int(node.size) if size is None else size
     nlink = int(getattr(node, "nlink", 1))
     return (_DEV, int(node.ino), Filetype.REGULAR_FILE, nlink, n, atime, mtime, ctime)
@@ -139,31 +150,65 @@ class EncDirHandle(DirHandle):
         with core_errors():
             return self.encdir.lookup(_core_path(parts))
 
-    def resolve(self, path: bytes) -> tuple[Parts, bool]:
-        """(components from the encrypted root, names a directory: a trailing ``/``)."""
+    def _readlink(self, parts: Parts) -> bytes:
+        with core_errors():
+            return bytes(self.encdir.readlink(_core_path(parts)))
+
+    def resolve(self, path: bytes, *, follow: bool = False) -> tuple[Parts, bool]:
+        """(components from the encrypted root, names a directory: a trailing ``/``);
+        symlinks are followed in every component but the last, and in the last when
+        ``follow`` (the result then names no symlink, or something that does not exist)."""
         check_path(path)
         if not path:
             raise WasiError(Errno.NOENT)
         if path.startswith(b"/"):
             raise WasiError(Errno.PERM)
-        stack: list[bytes] = []
-        for comp in path.split(b"/"):
-            if comp in (b"", b"."):
-                continue
-            if comp == b"..":
-                if not stack:  # above this fd's directory: refused, as resolve.py
-                    raise WasiError(Errno.PERM)
-                if not _kind_is_dir(self._lookup(self.parts + tuple(stack))):
-                    raise WasiError(Errno.NOTDIR)
-                stack.pop()
+        must_dir = path.endswith(b"/")
+        todo = [c for c in reversed(path.split(b"/")) if c]  # next component at the end
+        stack: list[bytes] = []  # every entry checked to be a directory but a last one
+        expansions = 0
+        while todo:
+            comp = todo.pop()
+            last = not todo
+            if comp in (b".", b".."):
+                if comp == b"..":
+                    if not stack:  # above this fd's directory: refused, as resolve.py
+                        raise WasiError(Errno.PERM)
+                    stack.pop()
+                if last:
+                    must_dir = True
                 continue
             if len(comp) > 255:
                 raise WasiError(Errno.NAMETOOLONG)
+            here = (*self.parts, *stack, comp)
+            if last and not follow:
+                stack.append(comp)
+                break
+            try:
+                node = self._lookup(here)
+            except WasiError as e:
+                if last and e.errno == Errno.NOENT:  # the call creates it or says ENOENT
+                    stack.append(comp)
+                    break
+                raise
+            if _kind_is_link(node):
+                expansions += 1
+                if expansions > MAX_SYMLINK_EXPANSIONS:
+                    raise WasiError(Errno.LOOP)
+                target = self._readlink(here)
+                if target.startswith(b"/"):
+                    raise WasiError(Errno.PERM)
+                if last and target.endswith(b"/"):
+                    must_dir = True
+                todo.extend(c for c in reversed(target.split(b"/")) if c)
+                continue
+            if not last and not _kind_is_dir(node):
+                raise WasiError(Errno.NOTDIR)
             stack.append(comp)
-        return self.parts + tuple(stack), path.endswith(b"/") or path.endswith(b"/.")
+        return self.parts + tuple(stack), must_dir
 
-    def _node(self, path: bytes) -> tuple[Parts, Any]:
-        parts, must_dir = self.resolve(path)
+    def _node(self, path: bytes, follow: bool = True) -> tuple[Parts, Any]:
+        parts, must_dir = self.resolve(path, follow=follow or path.endswith(b"/"))
         node = self._lookup(parts)
         if must_dir and not _kind_is_dir(node):
             raise WasiError(Errno.NOTDIR)
@@ -180,14 +225,18 @@ class EncDirHandle(DirHandle):
         return parts, must_dir
 
     # --- the path calls -----------------------------------------------------------------------
-    def stat_path(self, path: bytes) -> Filestat:
-        return _filestat(self._node(path)[1])
+    def stat_path(self, path: bytes, follow: bool = True) -> Filestat:
+        return _filestat(self._node(path, follow)[1])
 
     def readlink_path(self, path: bytes) -> bytes:
-        self._node(path)
-        raise WasiError(Errno.INVAL)  # nothing here is a symlink
+        parts, must_dir = self.resolve(path)
+        node = self._lookup(parts)
+        if must_dir or not _kind_is_link(node):
+            raise WasiError(Errno.INVAL)  # "x/" names a directory, never a link
+        return self._readlink(parts)
 
-    def open_path(self, path: bytes, oflags: int, base: int, fdflags: int) -> Handle:
+    def open_path(self, path: bytes, oflags: int, base: int, fdflags: int,
+                  follow: bool = True) -> Handle:
         creat, trunc = oflags & abi.OFLAG_CREAT, oflags & abi.OFLAG_TRUNC
         excl, want_dir = oflags & abi.OFLAG_EXCL, oflags & abi.OFLAG_DIRECTORY
         write = bool(base & _WRITE_RIGHTS) or bool(fdflags & abi.FDFLAG_APPEND)
@@ -203,7 +252,7 @@ class EncDirHandle(DirHandle):
             raise WasiError(Errno.NOTCAPABLE)
         if want_dir and (creat or trunc):
             raise WasiError(Errno.INVAL)
-        parts, must_dir = self.resolve(path)
+        parts, must_dir = self.resolve(path, follow=follow or path.endswith(b"/"))
         if must_dir and creat:
             raise WasiError(Errno.ISDIR)
         node = None
@@ -213,6 +262,8 @@ class EncDirHandle(DirHandle):
             self._lookup(parts)  # raises the real error (ENOENT, ENOTDIR, EIO)
         if node is not None and creat and excl:
             raise WasiError(Errno.EXIST)
+        if node is not None and _kind_is_link(node):  # not followed: as O_NOFOLLOW
+            raise WasiError(Errno.NOTDIR if want_dir or must_dir else Errno.LOOP)
         if node is not None and _kind_is_dir(node):
             if creat or write:
                 raise WasiError(Errno.ISDIR)
@@ -247,7 +298,7 @@ class EncDirHandle(DirHandle):
     def unlink_path(self, path: bytes) -> None:
         parts, must_dir = self._target(path, Errno.ISDIR)
         if must_dir:  # "file/" names a directory; unlink of a directory is EISDIR
-            node = self._lookup(parts)
+            node = self._lookup(parts)  # not followed: "link/" is ENOTDIR, as unlinkat
             raise WasiError(Errno.ISDIR if _kind_is_dir(node) else Errno.NOTDIR)
         with core_errors():
             self.encdir.unlink(_core_path(parts))
@@ -279,14 +330,23 @@ class EncDirHandle(DirHandle):
             raise WasiError(Errno.NOTDIR)
 
     def symlink_path(self, target: bytes, path: bytes) -> None:
-        """No symlinks in an encrypted tree: ``ENOTSUP`` where a plain pre-open would create
-        one, and the errors it would give (EEXIST, ENOENT, ENOTDIR) otherwise."""
+        """Create a symlink (the checks and errors of a plain pre-open: a target that is
+        absolute or climbs out of this fd's directory from where the link is is ``EPERM``)."""
+        check_path(target)
+        if target.startswith(b"/"):
+            raise WasiError(Errno.PERM)
+        parts, _ = self._target(path, Errno.EXIST)
+        if not stays_inside(len(parts) - len(self.parts) - 1, target):
+            raise WasiError(Errno.PERM)
         self._new_name(path)
-        raise WasiError(Errno.NOTSUP)
+        with core_errors():
+            self.encdir.symlink(target, _core_path(parts))
 
-    def link_path(self, path: bytes, dst: EncDirHandle, dst_path: bytes) -> None:
-        """No hard links either (as :meth:`symlink_path`)."""
-        parts, must_dir = self.resolve(path)
+    def link_path(self, path: bytes, dst: EncDirHandle, dst_path: bytes,
+                  follow: bool = False) -> None:
+        """No hard links (``ENOTSUP`` where a plain pre-open would create one, its errors
+        otherwise): a file's trailer and crash journal are bound to one host name."""
+        parts, must_dir = self.resolve(path, follow=follow or path.endswith(b"/"))
         node = self._lookup(parts)
         if _kind_is_dir(node) or must_dir:
             raise WasiError(Errno.PERM if _kind_is_dir(node) else Errno.NOTDIR)
@@ -294,8 +354,8 @@ class EncDirHandle(DirHandle):
         raise WasiError(Errno.NOTSUP)
 
     def set_times_path(self, path: bytes, atim: int | None, mtim: int | None, now_a: bool,
-                       now_m: bool) -> None:
-        parts, _ = self._node(path)
+                       now_m: bool, follow: bool = True) -> None:
+        parts, _ = self._node(path, follow)
         self._set_times(parts, atim, mtim, now_a, now_m)
 
     def _set_times(self, parts: Parts, atim: int | None, mtim: int | None, now_a: bool,
@@ -339,7 +399,8 @@ class EncDirHandle(DirHandle):
                     ino = int(self._lookup((*self.parts, raw)).ino)
                 except WasiError:  # a damaged file is still listed (and can be removed);
                     ino = 0  # opening it answers EIO
-                ftype = Filetype.DIRECTORY if kind == "dir" else Filetype.REGULAR_FILE
+                ftype = (Filetype.DIRECTORY if kind == "dir" else Filetype.SYMBOLIC_LINK
+                         if kind == "symlink" else Filetype.REGULAR_FILE)
                 d = (i + 1, raw, ino, int(ftype))
             out.append(d)
             size += DIRENT_SIZE + len(d[1])

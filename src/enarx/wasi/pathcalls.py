@@ -122,7 +122,12 @@ class PathCalls:
         oflags &= 0xFFFF
         fdflags &= 0xFFFF
         p = self._path(mv, path, path_len)
-        if isinstance(d, MemDirHandle | EncDirHandle):  # memory only / encrypted tree
+        if isinstance(d, EncDirHandle):  # encrypted tree (its symlinks followed there)
+            mem = d.open_path(p, oflags, base, fdflags,
+                              follow=bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW))
+            self.fds.add_guest(mem, lambda new_fd: U32.pack_into(mv, out, new_fd))
+            return 0
+        if isinstance(d, MemDirHandle):  # memory only
             mem = d.open_path(p, oflags, base, fdflags)
             self.fds.add_guest(mem, lambda new_fd: U32.pack_into(mv, out, new_fd))
             return 0
@@ -207,7 +212,11 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_FILESTAT_GET)
         p = self._path(mv, path, length)
-        if isinstance(d, MemDirHandle | EncDirHandle):
+        if isinstance(d, EncDirHandle):
+            FILESTAT.pack_into(mv, out,
+                               *d.stat_path(p, bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW)))
+            return 0
+        if isinstance(d, MemDirHandle):
             FILESTAT.pack_into(mv, out, *d.stat_path(p))
             return 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
@@ -246,7 +255,8 @@ class PathCalls:
         if isinstance(d, EncDirHandle):
             d.set_times_path(p, atim if fst & abi.FST_ATIM else None,
                              mtim if fst & abi.FST_MTIM else None,
-                             bool(fst & abi.FST_ATIM_NOW), bool(fst & abi.FST_MTIM_NOW))
+                             bool(fst & abi.FST_ATIM_NOW), bool(fst & abi.FST_MTIM_NOW),
+                             bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW))
             return 0
         follow = bool(lookup & abi.LOOKUP_SYMLINK_FOLLOW) or p.endswith(b"/")
         with resolve(d.host_fd, p, follow=follow) as r:
@@ -285,7 +295,7 @@ class PathCalls:
             # no hard links in an encrypted tree (ENOTSUP), nor into or out of one (EXDEV)
             if isinstance(od, EncDirHandle) and isinstance(nd, EncDirHandle) \
                     and od.encdir is nd.encdir:
-                od.link_path(op, nd, np_)
+                od.link_path(op, nd, np_, bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW))
             raise WasiError(Errno.XDEV)
         follow = bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW)
         with resolve(od.host_fd, op, follow=follow or op.endswith(b"/")) as ro:
@@ -311,7 +321,12 @@ class PathCalls:
     ) -> int:
         d = _dir(self.fds, fd, abi.RIGHT_PATH_READLINK)
         p = self._path(mv, path, length)
-        if isinstance(d, MemDirHandle | EncDirHandle):
+        if isinstance(d, EncDirHandle):
+            data = d.readlink_path(p)[:buf_len]
+            write_bytes(mv, buf, data)
+            U32.pack_into(mv, out, len(data))
+            return 0
+        if isinstance(d, MemDirHandle):
             d.readlink_path(p)
         with resolve(d.host_fd, p, follow=False) as r:
             if r.must_dir:
@@ -396,7 +411,8 @@ class PathCalls:
             # Never plant a link to a host absolute path (host tools would follow it).
             raise WasiError(Errno.PERM)
         if isinstance(d, EncDirHandle):
-            d.symlink_path(target, p)  # no symlinks in an encrypted tree: ENOTSUP
+            d.symlink_path(target, p)  # stored encrypted, bound to its name
+            return 0
         with resolve(d.host_fd, p, follow=False) as r:
             # Nor a relative one that climbs out of the pre-open from where it is created.
             if not stays_inside(r.depth, target):

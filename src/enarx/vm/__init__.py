@@ -1,0 +1,1 @@
+"""VM Keeps: the Keep image, its launch measurement, and the QEMU launcher."""
