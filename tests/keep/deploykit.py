@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from enarx.client.steward_admin import StewardAdmin, read_admin_token
-from tests.net.netkeep import _Lines
+from tests.servers import ServerProcess
 from tests.wasi.wasirun import guest
 
 ENARX = Path(sys.executable).with_name("enarx")
@@ -57,39 +57,29 @@ class Steward:
         d.mkdir()
         (d / "steward.toml").write_text(policy)
         self.state = d / "state"
-        self.proc = subprocess.Popen(
-            [str(ENARX), "steward", "serve", "--policy", str(d / "steward.toml"), "--addr",
-             "127.0.0.1", "--port", "0", "--state-dir", str(self.state)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env.env)  # fmt: skip
-        assert self.proc.stderr is not None
-        self.log = _Lines(self.proc.stderr)
-        m = self.log.wait_for(r'"url": "(https://127\.0\.0\.1:\d+)"', 60)
-        if m is None:
-            self.stop()
-            pytest.fail(f"the steward did not start:\n{self.log.text}")
-        self.url = m.group(1)
+        try:
+            self.server = ServerProcess("steward", [
+                "--policy", str(d / "steward.toml"), "--addr", "127.0.0.1",
+                "--state-dir", str(self.state)], env.env)
+        except RuntimeError as e:
+            pytest.fail(str(e))
+        self.url = self.server.url
         self.ca = d / "steward-ca.pem"
-        ca = env.run("steward", "ca", "--state-dir", self.state)
-        assert ca.returncode == 0, ca.stderr
-        self.ca.write_text(ca.stdout)
-        self.admin = StewardAdmin(self.url, read_admin_token(self.state / "admin-token"),
-                                  self.ca)
+        try:
+            ca = env.run("steward", "ca", "--state-dir", self.state)
+            assert ca.returncode == 0, ca.stderr
+            self.ca.write_text(ca.stdout)
+            self.admin = StewardAdmin(self.url, read_admin_token(self.state / "admin-token"),
+                                      self.ca)
+        except BaseException:
+            self.server.stop()
+            raise
 
     def put(self, path: str, data: bytes) -> None:
         self.admin.put_resource(path, data)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
+        self.server.stop()
 
 
 def steward(env: Env, name: str, policy: str) -> Iterator[Steward]:

@@ -83,3 +83,18 @@ def test_garbled_entries_cost_a_recompile(tmp_path: Path, content: bytes) -> Non
     cache.path_for("n").parent.mkdir(parents=True, exist_ok=True)
     cache.path_for("n").write_bytes(content)
     assert cache.load("n", b"b") is None and warnings
+
+
+def test_unreadable_entry_warns_once_and_a_failed_store_is_harmless(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    cache = SealedModuleCache(tmp_path / "c", derive_cache_key(b"k" * 32, ID_A),
+                              warn=warnings.append)
+    cache.dir.mkdir()
+    cache.path_for("m").mkdir()  # reading it fails (EISDIR), replacing it too
+    assert cache.load("m", b"b") is None
+    assert len(warnings) == 1 and warnings[0].startswith("cannot read sealed cache entry")
+    cache.store("m", b"b", b"artifact")  # best effort: no exception, no stray temp file
+    assert [p.name for p in cache.dir.iterdir()] == [cache.path_for("m").name]
+    cache.path_for("m").rmdir()
+    cache.store("m", b"b", b"artifact")
+    assert cache.load("m", b"b") == b"artifact" and len(warnings) == 1

@@ -8,11 +8,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import resource
-import signal
 import subprocess
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +17,11 @@ from typing import Any
 import httpx
 
 from tests.cliutil import ENARX
+from tests.servers import ServerProcess, clean_env
 
 __all__ = ["DIR_TYPE", "ENTRY_TYPE", "Pkg", "RegistryServer", "content_digest", "entry_of",
            "register"]
 
-START_TIMEOUT = 60.0
 DIR_TYPE = "application/vnd.drawbridge.directory.v1+json"
 ENTRY_TYPE = "application/vnd.drawbridge.entry.v1+json"
 API = "/api/v0.1.0"
@@ -118,57 +115,23 @@ def register(client: httpx.Client, user: str, repo: str, *, public: bool = True,
     assert r.status_code == 201, r.text
 
 
-class RegistryServer:
+class RegistryServer(ServerProcess):
     """One ``enarx registry serve`` process: ``url`` once it listens, ``ca`` to trust."""
 
     def __init__(self, state: Path, *args: str, tls: bool = False,
                  fsize_limit: int | None = None) -> None:
         self.state = state
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENARX_")}
-        cmd = [str(ENARX), "registry", "serve", "--port", "0", "--state-dir", str(state), *args]
-        if not tls:
-            cmd.append("--insecure-http")
         def limit() -> None:  # a "full disk": writes past this size fail with EFBIG
             if fsize_limit is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
 
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, start_new_session=True,
-                                     preexec_fn=limit if fsize_limit is not None else None)
-        self.lines: list[str] = []
-        self.url = ""
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(START_TIMEOUT) or not self.url:
-            self.stop()
-            raise RuntimeError("registry did not start:\n" + "\n".join(self.lines))
+        super().__init__("registry", ["--state-dir", str(state), *args,
+                                      *([] if tls else ["--insecure-http"])],
+                         clean_env(), preexec_fn=limit if fsize_limit is not None else None)
         self.ca: Path | None = state / "ca.crt" if tls else None
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if '"listening"' in line:
-                self.url = json.loads(line)["url"]
-                self._ready.set()
-        self._ready.set()
 
     def token(self, user: str, *extra: str) -> str:
         out = subprocess.run([str(ENARX), "registry", "token", "create", "--user", user,
                               "--state-dir", str(self.state), *extra],
                              capture_output=True, check=True, timeout=60)
         return out.stdout.decode().strip()
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-        return self.proc.returncode

@@ -168,3 +168,15 @@ def test_entry_of_an_older_release_is_replaced_quietly(tmp_path: Path) -> None:
     assert cache.load(name, binding) is None and said == []
     compile_module(wasm, settings, cache=cache)
     assert cache.load(name, binding) is not None and said == []
+
+
+def test_unreadable_entry_warns_once_and_a_failed_store_is_harmless(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    cache = ModuleCache(tmp_path / "cache", b"k" * KEY_SIZE, warn=warnings.append)
+    cache.path_for("m").parent.mkdir()
+    cache.path_for("m").mkdir()  # reading it fails (EISDIR), replacing it too
+    assert cache.load("m", b"b") is None
+    assert len(warnings) == 1
+    assert warnings[0].startswith("cannot read compiled-module cache entry"), warnings
+    cache.store("m", b"b", b"artifact")  # best effort: no exception, no stray temp file
+    assert [p.name for p in cache.dir.iterdir()] == ["m.cwasm"]

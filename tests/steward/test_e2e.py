@@ -5,93 +5,29 @@ TLS listener. Refusals: the workload never starts and the failed rules are on st
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.keep.deploykit import Env, Steward, make_env, steward
 from tests.net.netkeep import _FP_RE, _LISTEN_RE, _Lines, guest, listen, need_tool, toml
 
 ENARX = Path(sys.executable).with_name("enarx")
 HELLO = "Hello, world!"
 
 
-@dataclass
-class World:
-    """Everything the tests share: a sim chain, its ARK file, a private HOME."""
-
-    root: Path
-    env: dict[str, str]
-    ark: Path
-
-    def run(self, *args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(ENARX), *map(str, args)], capture_output=True, text=True,
-                              env=self.env, timeout=timeout, stdin=subprocess.DEVNULL,
-                              check=False)
+World = Env  # a sim chain, its ARK file, a private HOME
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, module_cache: Path) -> World:
-    root = tmp_path_factory.mktemp("e2e")
-    (root / "home").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ENARX_", "XDG_"))}
-    env.update(HOME=str(root / "home"), ENARX_CACHE_DIR=str(module_cache),
-               ENARX_SIM_DIR=str(tmp_path_factory.getbasetemp() / "sim-state"))
-    w = World(root, env, root / "r.bin.ark.pem")
     # As a user does: the sim ARK a steward may trust comes from `enarx attest report`.
-    r = w.run("attest", "report", "--platform", "sim", "--out", root / "r.bin")
-    assert r.returncode == 0 and w.ark.exists(), r.stderr
-    return w
-
-
-class Steward:
-    """`enarx steward serve --policy FILE --port 0` in the background; its URL and CA."""
-
-    def __init__(self, world: World, name: str, policy: str) -> None:
-        d = world.root / name
-        d.mkdir()
-        (d / "steward.toml").write_text(policy)
-        self.proc = subprocess.Popen(
-            [str(ENARX), "steward", "serve", "--policy", str(d / "steward.toml"), "--addr",
-             "127.0.0.1", "--port", "0", "--state-dir", str(d / "state")],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=world.env)  # fmt: skip
-        assert self.proc.stderr is not None
-        self.log = _Lines(self.proc.stderr)
-        m = self.log.wait_for(r'"url": "(https://127\.0\.0\.1:\d+)"', 60)
-        if m is None:
-            self.stop()
-            pytest.fail(f"the steward did not start:\n{self.log.text}")
-        self.url = m.group(1)
-        self.ca = d / "steward-ca.pem"
-        ca = world.run("steward", "ca", "--state-dir", d / "state")
-        assert ca.returncode == 0, ca.stderr
-        self.ca.write_text(ca.stdout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.join(5)
-        if self.proc.stderr is not None:
-            self.proc.stderr.close()
-
-
-def _steward(world: World, name: str, policy: str) -> Iterator[Steward]:
-    s = Steward(world, name, policy)
-    try:
-        yield s
-    finally:
-        s.stop()
+    return make_env(tmp_path_factory.mktemp("e2e"), module_cache,
+                    tmp_path_factory.getbasetemp() / "sim-state")
 
 
 @pytest.fixture(scope="module")
@@ -111,17 +47,17 @@ def keep_setup(world: World) -> tuple[Path, Path, str]:
 def sim_steward(world: World, keep_setup: tuple[Path, Path, str]) -> Iterator[Steward]:
     policy = (f'allow = ["sim"]\ntrust_roots = ["{world.ark}"]\n\n'
               f'[workload]\nallow = ["{keep_setup[2]}"]\n')
-    yield from _steward(world, "sim-steward", policy)
+    yield from steward(world, "sim-steward", policy)
 
 
 @pytest.fixture(scope="module")
 def strict_steward(world: World) -> Iterator[Steward]:
-    yield from _steward(world, "strict-steward", f'trust_roots = ["{world.ark}"]\n')
+    yield from steward(world, "strict-steward", f'trust_roots = ["{world.ark}"]\n')
 
 
 @pytest.fixture(scope="module")
 def nil_steward(world: World) -> Iterator[Steward]:
-    yield from _steward(world, "nil-steward", 'allow = ["nil"]\n')
+    yield from steward(world, "nil-steward", 'allow = ["nil"]\n')
 
 
 def test_an_attested_keep_serves_curl_openssl_and_verify_keep(

@@ -4,13 +4,10 @@ protocol over the wire, logs, failures at start-up, and replicas on one real Pos
 from __future__ import annotations
 
 import concurrent.futures
-import json
-import os
 import signal
 import socket
 import ssl
 import stat
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,72 +22,16 @@ from cryptography.hazmat.primitives import serialization
 from enarx.platform.sim import SimBackend
 from enarx.steward.ca import StewardCA
 from enarx.steward.store import open_store
-from tests.cliutil import ENARX, RunEnarx
+from tests.cliutil import RunEnarx
+from tests.servers import ServerProcess, clean_env
 from tests.steward.kbsflow import WORKLOAD, attest_body, csr_der, new_key, policy_text, sim_state
 
-START_TIMEOUT = 60.0
 
-
-class Steward:
+class Steward(ServerProcess):
     """One ``enarx steward serve`` process; ``url`` once it listens."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ENARX_",
-                                                                             "STEWARD_"))}
-        full_env.update(env or {})
-        self.proc = subprocess.Popen([str(ENARX), "steward", "serve", "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=full_env, start_new_session=True)
-        self.lines: list[str] = []
-        self._listening = threading.Event()
-        self.url = ""
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._listening.wait(START_TIMEOUT):
-            self.stop()
-            raise RuntimeError("steward did not start:\n" + self.stderr)
-        if not self.url:
-            self.stop()
-            raise RuntimeError("steward exited:\n" + self.stderr)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if '"listening"' in line:
-                self.url = json.loads(line)["url"]
-                self._listening.set()
-        self._listening.set()
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.lines:
-            if line.startswith("{"):
-                obj = json.loads(line)
-                if obj.get("event") == kind:
-                    out.append(obj)
-        return out
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        return self.proc.wait(20)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
+        super().__init__("steward", args, clean_env(env, drop=("ENARX_", "STEWARD_")))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from enarx.vm.cpio import CpioEntry, gzip_bytes, write_newc
-from enarx.vm.image import ImageError, build_image, default_inputs
+from enarx.vm.image import ImageError, build_image, default_inputs, image_status
 
 REPO = Path(__file__).resolve().parents[2]
 ENARX = [sys.executable, "-m", "enarx.cli.main"]
@@ -100,7 +100,11 @@ def test_archive_layout_read_by_busybox_cpio(built: tuple[Path, dict[str, object
 def test_cache_reused_until_an_input_changes(tmp_path: Path) -> None:
     kernel = tmp_path / "vmlinuz"
     shutil.copyfile(default_inputs().kernel, kernel)
-    inputs = replace(default_inputs(), kernel=kernel)
+    # A snapshot of enarx, so edits to the work tree during the test do not change the key.
+    snapshot = tmp_path / "enarx"
+    shutil.copytree(default_inputs().enarx, snapshot,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    inputs = replace(default_inputs(), kernel=kernel, enarx=snapshot)
     first = build_image(inputs, cache=tmp_path / "cache")
     again = build_image(inputs, cache=tmp_path / "cache")
     assert (first.cached, again.cached) == (False, True)
@@ -116,11 +120,15 @@ def test_corrupt_cache_entry_is_rebuilt_and_corrupt_out_dir_refused(
         built: tuple[Path, dict[str, object]], tmp_path: Path) -> None:
     out, _ = built
     cache = tmp_path / "cache"
-    first = build_image(cache=cache)
+    snapshot = tmp_path / "enarx"
+    shutil.copytree(default_inputs().enarx, snapshot,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    inputs = replace(default_inputs(), enarx=snapshot)
+    first = build_image(inputs, cache=cache)
     blob = bytearray(first.initrd.path.read_bytes())
     blob[100] ^= 0xFF
     first.initrd.path.write_bytes(bytes(blob))
-    rebuilt = build_image(cache=cache)
+    rebuilt = build_image(inputs, cache=cache)
     assert not rebuilt.cached
     assert rebuilt.initrd.sha256 == first.initrd.sha256
     # A modified image handed to `measure --image` is refused before anything is measured.
@@ -162,3 +170,19 @@ def test_newc_writer_is_deterministic_and_busybox_readable(tmp_path: Path) -> No
         write_newc([CpioEntry("x", stat.S_IFREG | 0o644), CpioEntry("x", stat.S_IFREG | 0o644)])
     with pytest.raises(ValueError):
         CpioEntry("../escape", stat.S_IFREG | 0o644)
+
+
+def test_image_status_for_platform_info(tmp_path: Path) -> None:
+    snapshot = tmp_path / "enarx"
+    shutil.copytree(default_inputs().enarx, snapshot,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    inputs = replace(default_inputs(), enarx=snapshot)
+    missing = image_status(inputs, cache=tmp_path / "cache")
+    assert missing["state"] == "not built"
+    assert "enarx keep image build" in missing["hint"]
+    image = build_image(inputs, cache=tmp_path / "cache")
+    ready = image_status(inputs, cache=tmp_path / "cache")
+    assert ready["state"] == "ready" and ready["key"] == missing["key"] == image.key
+    assert ready["initrd_sha256"] == image.initrd.sha256
+    broken = image_status(replace(inputs, python=tmp_path / "nope"), cache=tmp_path / "cache")
+    assert broken["state"] == "inputs missing" and "nope" in broken["detail"]

@@ -50,6 +50,8 @@ def derive_cache_key(content_key: bytes, identity: str) -> bytes:
 class SealedModuleCache(ModuleCache):
     """:class:`ModuleCache` whose entries are encrypted and authenticated with ``key``."""
 
+    _ENTRY = "sealed cache entry"
+
     def __init__(self, directory: Path, key: bytes, *, warn: Warn = _stderr_warning) -> None:
         super().__init__(directory, key, warn=warn)
         self._aead = AESGCM(key)
@@ -60,12 +62,8 @@ class SealedModuleCache(ModuleCache):
 
     def load(self, name: str, binding: bytes) -> bytes | None:
         path = self.path_for(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            self._warn(f"cannot read sealed cache entry {path}: {e.strerror}; recompiling")
+        data = self._read(path)
+        if data is None:
             return None
         head = len(_MAGIC) + _NONCE
         if len(data) > head and data.startswith(_MAGIC):
@@ -73,26 +71,10 @@ class SealedModuleCache(ModuleCache):
                 return self._aead.decrypt(data[len(_MAGIC):head], data[head:], _MAGIC + binding)
             except InvalidTag:
                 pass
-        self._warn(f"sealed cache entry {path} failed authentication; recompiling")
+        self._warn(f"{self._ENTRY} {path} failed authentication; recompiling")
         return None
 
     def store(self, name: str, binding: bytes, artifact: bytes) -> None:
         nonce = os.urandom(_NONCE)
         sealed = self._aead.encrypt(nonce, artifact, _MAGIC + binding)
         self._write(name, _MAGIC + nonce + sealed)
-
-    def _write(self, name: str, data: bytes) -> None:
-        import tempfile
-
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".cwasm")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self.path_for(name))
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        except OSError:
-            pass  # best effort, as the plain cache: a full disk costs a recompile

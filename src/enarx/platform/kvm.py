@@ -78,5 +78,5 @@ class KvmBackend(Backend):
         ``--backend kvm`` still works with the TCG fallback."""
         from enarx.vm.launcher import cached_probe
 
-        probe = cached_probe()
-        return super().available() and probe is not None and probe.get("accel") == "kvm"
+        probe = cached_probe()  # read first: a default `enarx run` must not spawn QEMU
+        return probe is not None and probe.get("accel") == "kvm" and super().available()

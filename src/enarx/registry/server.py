@@ -17,7 +17,6 @@ from the connection's SSL object once the handshake is done).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import sys
@@ -26,6 +25,7 @@ from typing import Any
 
 from enarx.errors import ResourceError, UsageError
 from enarx.fsutil import atomic_write, ensure_private_dir, state_dir
+from enarx.serving import bind, server_class
 
 __all__ = ["default_state_dir", "open_db", "open_registry", "peer_cert_protocol", "serve"]
 
@@ -115,22 +115,6 @@ def _tls_files(state: Path, sans: list[str]) -> tuple[Path, Path]:
     return state / "server.key", state / "server.crt"
 
 
-def _bind(addr: str, port: int) -> Any:
-    import socket
-
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr, port))
-        sock.listen(2048)
-    except (OSError, OverflowError) as exc:
-        sock.close()
-        raise ResourceError(f"cannot listen on {addr}:{port}: {getattr(exc, 'strerror', exc)}",
-                            hint="pick another --port or --addr") from None
-    return sock
-
-
 def serve(*, addr: str = "127.0.0.1", port: int = 8443, state: Path | None = None,
           db: str | None = None, steward_ca: Path | None = None, insecure_http: bool = False,
           tls_cert: Path | None = None, tls_key: Path | None = None,
@@ -139,9 +123,9 @@ def serve(*, addr: str = "127.0.0.1", port: int = 8443, state: Path | None = Non
     """Run until interrupted (SIGINT/SIGTERM end it cleanly)."""
     import uvicorn
 
-    from enarx.cli.output import warn
     from enarx.registry.app import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BLOB, create_app
     from enarx.registry.auth import load_cas
+    from enarx.serving import warn
 
     if (tls_cert is None) != (tls_key is None):
         raise UsageError("--tls-cert and --tls-key go together", hint="pass both or neither")
@@ -175,57 +159,20 @@ def serve(*, addr: str = "127.0.0.1", port: int = 8443, state: Path | None = Non
             if steward_ca is not None:
                 ssl_opts.update(ssl_cert_reqs=ssl.CERT_OPTIONAL, ssl_ca_certs=str(steward_ca))
         _setup_logging()
-        sock = _bind(addr, port)
+        sock = bind(addr, port)
         host = f"[{addr}]" if ":" in addr else addr
         url = f"{'http' if insecure_http else 'https'}://{host}:{sock.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False,
                                 lifespan="off", timeout_graceful_shutdown=5,
                                 http=peer_cert_protocol(), **ssl_opts)
-        server = _server_class()(config)
-
-        async def run() -> None:
-            task = asyncio.create_task(server.serve(sockets=[sock]))
-            while not server.started and not task.done():
-                await asyncio.sleep(0.02)
-            if server.started:
-                log.info(json.dumps({"event": "listening", "url": url}))
-            await task
-
+        server = server_class()(config, url, log)
         try:
-            asyncio.run(run())
+            server.run(sockets=[sock])
         except ssl.SSLError as exc:
             raise UsageError(f"cannot load the TLS files: {exc}",
                              hint="check --tls-cert/--tls-key/--steward-ca") from None
     finally:
         database.close()
-
-
-def _server_class() -> Any:
-    import contextlib
-    import signal
-    import threading
-    from collections.abc import Iterator
-
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        """Stopped by SIGTERM/SIGINT, the process exits 0 (uvicorn would re-raise the signal
-        after shutting down, killing the process before its clean-up)."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            sigs = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-    return _Server
 
 
 def _setup_logging() -> None:

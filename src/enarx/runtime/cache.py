@@ -145,6 +145,8 @@ def _inside(child: Path, parent: Path) -> bool:
 class ModuleCache:
     """Compiled artifacts on disk, each authenticated with ``key``."""
 
+    _ENTRY = "compiled-module cache entry"  # how warnings name an entry
+
     def __init__(self, directory: Path, key: bytes, *, warn: Warn = _stderr_warning) -> None:
         if len(key) != KEY_SIZE:
             raise ValueError(f"the cache key must be {KEY_SIZE} bytes")
@@ -192,12 +194,8 @@ class ModuleCache:
         A present entry that fails authentication is reported in one warning line.
         """
         path = self.path_for(name)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            self._warn(f"cannot read compiled-module cache entry {path}: {e.strerror}; recompiling")
+        data = self._read(path)
+        if data is None:
             return None
         head = len(_MAGIC) + _TAG
         if len(data) > head and data.startswith(_MAGIC):
@@ -206,17 +204,31 @@ class ModuleCache:
                 return artifact
         elif data.startswith(_OLD_MAGIC):
             return None  # written by an older enarx (unkeyed): replaced without a word
-        self._warn(f"compiled-module cache entry {path} failed authentication; recompiling")
+        self._warn(f"{self._ENTRY} {path} failed authentication; recompiling")
         return None
 
     def store(self, name: str, binding: bytes, artifact: bytes) -> None:
         """Best effort: a read-only or full cache dir only costs a recompile next time."""
+        self._write(name, _MAGIC + self._tag(binding, artifact) + artifact)
+
+    def _read(self, path: Path) -> bytes | None:
+        """The bytes of the entry at ``path``; None when absent or unreadable (warned)."""
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self._warn(f"cannot read {self._ENTRY} {path}: {e.strerror}; recompiling")
+            return None
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Write the entry ``name`` atomically; best effort (a full disk costs a recompile)."""
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-", suffix=".cwasm")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    f.write(_MAGIC + self._tag(binding, artifact) + artifact)
+                    f.write(data)
                 os.replace(tmp, self.path_for(name))
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)

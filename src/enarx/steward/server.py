@@ -16,15 +16,10 @@ signs with the same key; the files above are then copies. Keys are never logged.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import secrets
-import signal
-import socket
 import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from enarx.errors import ConfigError, ResourceError, UsageError
 from enarx.fsutil import atomic_write, ensure_private_dir, state_dir
+from enarx.serving import bind, server_class
 
 __all__ = [
     "StewardState",
@@ -279,7 +275,7 @@ def serve(
     many processes sharing the socket (``steward.workers``)."""
     import uvicorn
 
-    from enarx.cli.output import warn
+    from enarx.serving import warn
 
     policy_path = Path(policy_path)
     # refuse a bad policy (or options) before touching the state dir
@@ -304,7 +300,8 @@ def serve(
         _setup_logging()
         scheme = "http" if insecure_http else "https"
         host = f"[{addr}]" if ":" in addr else addr
-        sock = _bind(addr, port)
+        sock = bind(addr, port, inheritable=True,
+                    hint="pick another --port or --addr (is a steward already running there?)")
         url = f"{scheme}://{host}:{sock.getsockname()[1]}"
 
         def run(index: int, loaded: StewardState) -> None:
@@ -314,7 +311,7 @@ def serve(
                                     server_header=False, lifespan="off",
                                     timeout_graceful_shutdown=5, **ssl)
             # Only the first worker announces the URL (the socket is shared).
-            _server_class()(config, url if index == 0 else "").run(sockets=[sock])
+            server_class()(config, url if index == 0 else "", log).run(sockets=[sock])
 
         if workers <= 1:
             run(0, st)
@@ -334,52 +331,3 @@ def serve(
             raise ResourceError("a steward worker failed", hint="see the messages above")
     finally:
         st.store.close()
-
-
-def _server_class() -> Any:
-    import uvicorn
-
-    class _Server(uvicorn.Server):
-        """Says "listening" only once uvicorn accepts (and handles SIGTERM/SIGINT)."""
-
-        def __init__(self, config: uvicorn.Config, url: str) -> None:
-            super().__init__(config)
-            self.url = url
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises the signal after shutting down (the process then dies by
-            # it, skipping our clean-up); a steward stopped by SIGTERM/SIGINT exits 0.
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            sigs = (signal.SIGINT, signal.SIGTERM)
-            original = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
-            try:
-                yield
-            finally:
-                for sig, handler in original.items():
-                    signal.signal(sig, handler)
-
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            if self.started and self.url:
-                log.info(json.dumps({"event": "listening", "url": self.url}))
-
-    return _Server
-
-
-def _bind(addr: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((addr, port))
-        sock.listen(2048)
-    except (OSError, OverflowError) as exc:
-        sock.close()
-        raise ResourceError(f"cannot listen on {addr}:{port}: {getattr(exc, 'strerror', exc)}",
-                            hint="pick another --port or --addr (is a steward already "
-                            "running there?)") from None
-    sock.set_inheritable(True)
-    return sock

@@ -11,6 +11,7 @@ where the key is a digest over every input's path, mode and content.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import importlib.util
@@ -33,12 +34,31 @@ from enarx.vm.cpio import CpioEntry, gzip_bytes, write_newc
 __all__ = [
     "DEFAULT_APPEND", "FORMAT", "KERNEL_PACKAGE", "KERNEL_RELEASE", "ImageError", "ImageFile",
     "ImageInputs", "KeepImage", "build_image", "default_inputs", "image_cache_dir",
-    "load_image",
+    "image_status", "load_image",
 ]
 
 #: Bump when the layout changes: a different format is a different image.
 FORMAT = 1
-KERNEL_RELEASE = "6.1.0-57-amd64"
+#: The kernel the image is pinned to (Debian 12's generic flavour: the cloud one has no 9p).
+PINNED_KERNEL_RELEASE = "6.1.0-57-amd64"
+
+
+def _kernel_release() -> str:
+    """The pinned release when installed; else ``ENARX_VM_KERNEL_RELEASE`` or the newest
+    installed generic ``-amd64`` kernel (Debian drops superseded kernel ABIs from its
+    mirrors, so a new machine may only get a newer one). The release is part of the image
+    key and manifest, so another kernel is always another image with another digest."""
+    env = os.environ.get("ENARX_VM_KERNEL_RELEASE")
+    if env:
+        return env
+    if Path(f"/boot/vmlinuz-{PINNED_KERNEL_RELEASE}").exists():
+        return PINNED_KERNEL_RELEASE
+    found = sorted(p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*-amd64")
+                   if not p.name.endswith("-cloud-amd64"))
+    return found[-1] if found else PINNED_KERNEL_RELEASE
+
+
+KERNEL_RELEASE = _kernel_release()
 KERNEL_PACKAGE = f"linux-image-{KERNEL_RELEASE}"
 DEFAULT_APPEND = "console=ttyS0 quiet panic=-1 rdinit=/init"
 KERNEL_NAME = "vmlinuz"
@@ -250,6 +270,11 @@ def _entries(plan: dict[str, tuple[int, Path | bytes]]) -> tuple[list[CpioEntry]
     return entries, key.hexdigest()
 
 
+def _image_key(members_key: str, kernel: bytes) -> str:
+    return hashlib.sha256(f"{members_key}\nkernel\0{hashlib.sha256(kernel).hexdigest()}"
+                          .encode()).hexdigest()
+
+
 def _describe(path: Path, data: bytes) -> ImageFile:
     return ImageFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
                      sha384=hashlib.sha384(data).hexdigest())
@@ -280,6 +305,33 @@ def load_image(directory: Path, *, cached: bool = True) -> KeepImage:
         raise ImageError(f"no valid Keep image in {directory}: {exc}") from None
 
 
+def image_status(inputs: ImageInputs | None = None, *,
+                 cache: Path | None = None) -> dict[str, Any]:
+    """What `enarx platform info` shows about the image, without building it:
+    ``{"state": "ready"|"not built"|"inputs missing", "key", "directory", "initrd_size", "hint"}``."""
+    try:
+        inputs = inputs or default_inputs()
+        key = _image_key(_entries(_plan(inputs))[1], _read(inputs.kernel))
+    except ImageError as e:
+        return {"state": "inputs missing", "detail": e.message, "hint": e.hint}
+    slot = (cache if cache is not None else image_cache_dir()) / key
+    try:
+        image = load_image(slot)
+    except ImageError:
+        return {"state": "not built", "key": key,
+                "hint": "`enarx keep image build` (the first VM Keep run also builds it)"}
+    return {"state": "ready", "key": key, "directory": str(slot),
+            "initrd_size": image.initrd.size, "initrd_sha256": image.initrd.sha256}
+
+
+def _is_valid(directory: Path) -> bool:
+    try:
+        load_image(directory)
+    except ImageError:
+        return False
+    return True
+
+
 def _write_image(directory: Path, key: str, kernel: bytes, initrd: bytes) -> KeepImage:
     directory.mkdir(parents=True, exist_ok=True)
     k = _describe(directory / KERNEL_NAME, kernel)
@@ -300,8 +352,7 @@ def build_image(inputs: ImageInputs | None = None, *, cache: Path | None = None,
     plan = _plan(inputs)
     entries, key = _entries(plan)
     kernel = _read(inputs.kernel)
-    key = hashlib.sha256(f"{key}\nkernel\0{hashlib.sha256(kernel).hexdigest()}".encode()
-                         ).hexdigest()
+    key = _image_key(key, kernel)
     root = cache if cache is not None else image_cache_dir()
     slot = root / key
     image: KeepImage | None = None
@@ -312,13 +363,22 @@ def build_image(inputs: ImageInputs | None = None, *, cache: Path | None = None,
             image = None  # corrupt cache entry: rebuild it below
     if image is None:
         initrd = gzip_bytes(write_newc(entries))
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        except OSError as exc:
+            raise ImageError(f"cannot write the image cache {root}: {exc.strerror}",
+                             hint="set ENARX_VM_IMAGE_CACHE to a writable directory") from None
         try:
             _write_image(tmp, key, kernel, initrd)
-            if slot.exists():
-                shutil.rmtree(slot)
-            os.replace(tmp, slot)
+            if slot.exists() and not _is_valid(slot):
+                shutil.rmtree(slot, ignore_errors=True)
+            # A concurrent build of the same key may have won; its files are byte-identical.
+            with contextlib.suppress(OSError):
+                os.rename(tmp, slot)
+        except OSError as exc:
+            raise ImageError(f"cannot write the image cache {root}: {exc.strerror}",
+                             hint="set ENARX_VM_IMAGE_CACHE to a writable directory") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         image = load_image(slot, cached=False)

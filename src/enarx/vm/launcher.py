@@ -24,17 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enarx.errors import PlatformError, Timeout
+from enarx.errors import Interrupted, PlatformError, Timeout
 from enarx.vm.agent import encode, read_frame
 from enarx.vm.qemu import VmSpec, command_line
 
 __all__ = ["APPEND", "BOOT_TIMEOUT", "Keep", "VmRequest", "cached_probe", "choose_accel", "qemu_version",
            "run_cli", "run_in_vm"]
 
-APPEND = "console=ttyS0 panic=-1 rdinit=/init"
+#: The kernel command line when the caller names none (the image records its own).
+APPEND = "console=ttyS0 quiet panic=-1 rdinit=/init"
 #: Seconds from QEMU start to the agent's hello (TCG boots in ~8 s on an idle 2-core host).
 BOOT_TIMEOUT = float(os.environ.get("ENARX_VM_BOOT_TIMEOUT", "60"))
-PROBE_TIMEOUT = 30.0
+PROBE_TIMEOUT = 20.0  # KVM boots the image in a few seconds where it works
 _PR_SET_PDEATHSIG = 1
 _OVERHEAD_MIB = 320  # kernel + python + wasmtime inside the VM
 
@@ -86,10 +87,11 @@ def _need_qemu() -> str:
 class Keep:
     """One booted VM with its agent connected; always use as a context manager."""
 
-    def __init__(self, mode: str, kernel: str, initrd: str, memory_mib: int) -> None:
+    def __init__(self, mode: str, kernel: str, initrd: str, memory_mib: int,
+                 append: str = APPEND) -> None:
         self.mode = mode
         self.tmp = tempfile.mkdtemp(prefix="enarx-vm-")
-        self.spec = VmSpec(kernel=kernel, initrd=initrd, append=APPEND,
+        self.spec = VmSpec(kernel=kernel, initrd=initrd, append=append,
                            agent_socket=os.path.join(self.tmp, "agent.sock"),
                            console_log=os.path.join(self.tmp, "console.log"),
                            memory_mib=memory_mib)
@@ -159,10 +161,10 @@ class _BootTimeout(PlatformError):
     pass
 
 
-def _boot(mode: str, kernel: str, initrd: str, memory_mib: int) -> Keep:
+def _boot(mode: str, kernel: str, initrd: str, memory_mib: int, append: str) -> Keep:
     """A booted Keep; one retry after a boot timeout (TCG boots hang now and then)."""
     for attempt in (1, 2):
-        keep = Keep(mode, kernel, initrd, memory_mib)
+        keep = Keep(mode, kernel, initrd, memory_mib, append)
         try:
             keep.boot(BOOT_TIMEOUT)
             return keep
@@ -230,7 +232,7 @@ def _memory_mib(max_memory: int | None) -> int:
 
 
 def run_in_vm(req: VmRequest, *, warn: Callable[[str], None], kernel: str | None = None,
-              initrd: str | None = None, stdin_fd: int = 0, stdout_fd: int = 1,
+              initrd: str | None = None, append: str = APPEND, stdin_fd: int = 0, stdout_fd: int = 1,
               stderr_fd: int = 2) -> int:
     """Run ``req`` in a fresh VM Keep; its exit code. Raises Timeout at the deadline."""
     _need_qemu()
@@ -239,43 +241,55 @@ def run_in_vm(req: VmRequest, *, warn: Callable[[str], None], kernel: str | None
 
         image = build_image()
         kernel, initrd = str(image.kernel.path), str(image.initrd.path)
+        append = image.append  # what `enarx keep image measure` hashes
     mode, why = choose_accel(kernel, initrd)
     if mode == "tcg":
         warn(f"kvm: running the VM under TCG emulation (slow): {why}")
-    with _boot(mode, kernel, initrd, _memory_mib(req.max_memory)) as keep:
-        assert keep.sock is not None
-        sock = keep.sock
-        header = {"argv0": req.argv0, "args": list(req.args), "env": [list(p) for p in req.env],
-                  "max_memory": req.max_memory, "timeout": req.timeout, "fuel": req.fuel,
-                  "fd_env": req.fd_env, "config": req.config}
-        sock.sendall(encode(b"R", json.dumps(header).encode()))
-        sock.sendall(encode(b"M", req.wasm))
-        deadline = None if req.timeout is None else time.monotonic() + req.timeout
-        threading.Thread(target=_pump_stdin, args=(stdin_fd, sock), daemon=True).start()
-        while True:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Timeout(f"the workload ran out of time ({req.timeout:g} s); the VM "
-                                  "was stopped")
-                sock.settimeout(left)
-            try:
-                frame = read_frame(sock.recv)
-            except TimeoutError:
-                continue
-            except (OSError, EOFError, ValueError):
-                frame = None
-            if frame is None:
-                raise PlatformError(f"the VM Keep's agent died: {keep._why()}",
-                                    hint="re-run; if it persists, rebuild the image")
-            kind, body = frame
-            if kind == b"O":
-                _write_all(stdout_fd, body)
-            elif kind == b"e":
-                _write_all(stderr_fd, body)
-            elif kind == b"X":
-                code: int = json.loads(body)["code"]
-                return code
+    try:
+        with _boot(mode, kernel, initrd, _memory_mib(req.max_memory), append) as keep:
+            return _converse(keep, req, stdin_fd, stdout_fd, stderr_fd)
+    except KeyboardInterrupt:  # the VM is already torn down (the with block, or _boot)
+        raise Interrupted("interrupted; the VM Keep was stopped") from None
+
+
+def _converse(keep: Keep, req: VmRequest, stdin_fd: int, stdout_fd: int,
+              stderr_fd: int) -> int:
+    """Send the workload to the booted Keep's agent and relay its streams until it exits."""
+    assert keep.sock is not None
+    sock = keep.sock
+    header = {"argv0": req.argv0, "args": list(req.args), "env": [list(p) for p in req.env],
+              "max_memory": req.max_memory, "timeout": req.timeout, "fuel": req.fuel,
+              "fd_env": req.fd_env, "config": req.config}
+    sock.sendall(encode(b"R", json.dumps(header).encode()))
+    sock.sendall(encode(b"M", req.wasm))
+    deadline = None if req.timeout is None else time.monotonic() + req.timeout
+    threading.Thread(target=_pump_stdin, args=(stdin_fd, sock), daemon=True).start()
+    while True:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"the workload ran out of time ({req.timeout:g} s); the VM "
+                              "was stopped")
+            sock.settimeout(left)
+        try:
+            frame = read_frame(sock.recv)
+        except TimeoutError:
+            continue
+        except (OSError, EOFError, ValueError):
+            frame = None
+        if frame is None:
+            raise PlatformError(f"the VM Keep's agent died: {keep._why()}",
+                                hint="re-run; if it persists, rebuild the image")
+        kind, body = frame
+        # A closed stdout (`| head`) raises BrokenPipeError: leaving the block tears the
+        # VM down and click turns EPIPE into a quiet exit 1.
+        if kind == b"O":
+            _write_all(stdout_fd, body)
+        elif kind == b"e":
+            _write_all(stderr_fd, body)
+        elif kind == b"X":
+            code: int = json.loads(body)["code"]
+            return code
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -56,8 +56,8 @@ def command_line(mode: str, spec: VmSpec) -> list[str]:
     argv = [spec.qemu, "-nodefaults", "-no-user-config", "-display", "none",
             "-m", f"{spec.memory_mib}M", "-smp", str(spec.vcpus)]
     if mode == "tcg":
-        argv += ["-accel", "tcg", "-M", "microvm", "-cpu", "max"]
-        serial_bus = "virtio-serial-device"
+        argv += ["-accel", "tcg", "-M", "q35", "-cpu", "max"]
+        serial_bus = "virtio-serial-pci"
     elif mode == "kvm":
         argv += ["-accel", "kvm", "-M", "q35", "-cpu", "host"]
         serial_bus = "virtio-serial-pci"

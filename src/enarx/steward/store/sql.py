@@ -311,22 +311,8 @@ class SqlStore(ABC):
         expires_at: Time,
         evidence: bytes = b"",
     ) -> bool:
-        if not _storable(session_id):
-            return False
-        with self._tx(single=True) as tx:
-            rows = tx(
-                "UPDATE sessions SET token = ?, tee_pubkey = ?, workload = ?, "
-                "evidence_digest = ?, attested_expires_at = ?, evidence = ? "
-                "WHERE id = ? AND used = 1 AND token IS NULL RETURNING id",
-                _text("token", token),
-                _text("tee-pubkey", tee_pubkey_json),
-                _opt_text("workload", workload),
-                _text("evidence digest", evidence_digest),
-                to_epoch(expires_at),
-                bytes(evidence),
-                session_id,
-            )
-            return bool(rows)
+        return self._attest(session_id, "used = 1", (), token, tee_pubkey_json, workload,
+                            evidence_digest, expires_at, evidence)
 
     def attest_session(
         self,
@@ -339,13 +325,30 @@ class SqlStore(ABC):
         expires_at: Time,
         evidence: bytes = b"",
     ) -> bool:
+        return self._attest(session_id, "used = 0 AND expires_at > ?", (to_epoch(now),), token,
+                            tee_pubkey_json, workload, evidence_digest, expires_at, evidence)
+
+    def _attest(
+        self,
+        session_id: str,
+        guard: str,
+        guard_args: tuple[object, ...],
+        token: str,
+        tee_pubkey_json: str,
+        workload: str | None,
+        evidence_digest: str,
+        expires_at: Time,
+        evidence: bytes,
+    ) -> bool:
+        """Record the attestation on a session without a token that passes ``guard`` (a fixed
+        SQL condition, never user input), marking it redeemed; False when none does."""
         if not _storable(session_id):
             return False
         with self._tx(single=True) as tx:
             rows = tx(
                 "UPDATE sessions SET used = 1, token = ?, tee_pubkey = ?, workload = ?, "
                 "evidence_digest = ?, attested_expires_at = ?, evidence = ? "
-                "WHERE id = ? AND used = 0 AND expires_at > ? AND token IS NULL RETURNING id",
+                f"WHERE id = ? AND {guard} AND token IS NULL RETURNING id",
                 _text("token", token),
                 _text("tee-pubkey", tee_pubkey_json),
                 _opt_text("workload", workload),
@@ -353,7 +356,7 @@ class SqlStore(ABC):
                 to_epoch(expires_at),
                 bytes(evidence),
                 session_id,
-                to_epoch(now),
+                *guard_args,
             )
             return bool(rows)
 
