@@ -104,6 +104,11 @@ class _Port:
                 view = view[os.write(self.fd, view):]
 
 
+#: What the inner `enarx run --backend nil` prints first on stderr (platform/nil.py).
+_INNER_WARNING = (b"warning: nil backend: the workload is NOT confidential; the host can read "
+                  b"and change its memory\n")
+
+
 def _command(req: dict[str, Any], module: str, config: str | None) -> list[str]:
     argv = [sys.executable, "-m", "enarx.cli.main", "run", "--backend", "nil", "--no-cache"]
     if config is not None:
@@ -163,12 +168,28 @@ def serve(port: _Port, workdir: str) -> int:
     sel.register(child.stdout, selectors.EVENT_READ, b"O")
     sel.register(child.stderr, selectors.EVENT_READ, b"e")
     open_streams = 2
+    # The inner run is `--backend nil` only as the VM's runtime: the host already printed the
+    # kvm backend's warning, so the inner nil warning (always its first stderr line) is
+    # dropped; every other byte passes through unchanged.
+    pending: bytes | None = b""
     while open_streams:
         for key, _ in sel.select():
             data = os.read(key.fd, _CHUNK)
+            if data and key.data == b"e" and pending is not None:
+                pending += data
+                if len(pending) < len(_INNER_WARNING) and _INNER_WARNING.startswith(pending):
+                    continue  # not enough bytes yet to tell
+                if pending.startswith(_INNER_WARNING):
+                    pending = pending[len(_INNER_WARNING):]
+                data, pending = pending, None
+                if not data:
+                    continue
             if data:
                 port.send(key.data, data)
             else:
+                if key.data == b"e" and pending:
+                    port.send(b"e", pending)
+                    pending = None
                 sel.unregister(key.fileobj)
                 open_streams -= 1
     code = child.wait()
