@@ -33,7 +33,7 @@ APT_PKGS=(rustc libstd-rust-dev-wasm32 lld-14 "$GO_PKG"
     clang-14 wasi-libc libclang-rt-14-dev-wasm32 libc++-14-dev-wasm32 libc++abi-14-dev-wasm32
     openssl curl   # openssl/curl: real TLS clients for tests/net
     postgresql     # PostgreSQL server for tests/steward (tests/steward/pg.py starts its own)
-    linux-image-amd64 busybox-static  # the VM Keep image (src/enarx/vm/image.py)
+    linux-image-amd64 busybox-static python3.11-minimal libpython3.11-stdlib  # VM Keep image (src/enarx/vm/image.py)
     qemu-system-x86  # boots VM Keeps (src/enarx/vm/launcher.py, tests/vm)
     docker-registry)  # the distribution registry 2.8 for tests/package (tests start their own)
 
