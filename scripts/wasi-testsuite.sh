@@ -93,21 +93,14 @@ if [[ $WHICH == encrypted ]]; then
     rm -rf "$ENARX_TESTSUITE_ENC_TMP" && mkdir -p "$ENARX_TESTSUITE_ENC_TMP"
     run_suite enarx-encrypted "$REPO/scripts/wasi-testsuite/enarx_adapter.py" || true
     rm -rf "$ENARX_TESTSUITE_ENC_TMP"
-    # Tests that need hard links, which encrypted directories do not support (ENOTSUP,
-    # docs/encrypted-dirs.md): expected to fail there. Symlinks are supported.
-    unsupported='/(path_link)$'
+    # Every test a plain pre-open passes must pass encrypted (symlinks and hard links too).
     missing=$(comm -13 "$CACHE/results-enarx-encrypted.json.passed" \
                        "$CACHE/results-enarx.json.passed")
-    links=$(grep -E "$unsupported" <<<"$missing" || true)
-    others=$(grep -vE "$unsupported" <<<"$missing" || true)
-    if [[ -n $links ]]; then
-        echo "encrypted pre-opens: $(wc -l <<<"$links") tests need hard links (unsupported)"
-    fi
-    if [[ -n $others ]]; then
-        echo "encrypted pre-opens fail tests plain ones pass:"; echo "$others" | sed 's/^/  /'
+    if [[ -n $missing ]]; then
+        echo "encrypted pre-opens fail tests plain ones pass:"; echo "$missing" | sed 's/^/  /'
         exit 1
     fi
-    echo "encrypted pre-opens pass every test plain ones pass, hard links aside"
+    echo "encrypted pre-opens pass every test plain ones pass"
     exit 0
 fi
 if [[ $WHICH != enarx ]]; then

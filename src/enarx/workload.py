@@ -30,10 +30,13 @@ from enarx.flags import DEFAULT_FILES, fd_environment, file_name
 
 __all__ = [
     "DOMAIN",
+    "HOST_DATA_SIZE",
+    "MRCONFIGID_SIZE",
     "UNBOUND",
     "effective_config",
     "identity_matches",
     "identity_of",
+    "launch_binding",
     "parse_identity",
     "workload_identity",
 ]
@@ -144,6 +147,28 @@ def parse_identity(value: str) -> bytes:
             "by `enarx identity MODULE`",
         )
     return bytes.fromhex(value[len("sha384:"):])
+
+
+#: SEV-SNP HOST_DATA and TDX MRCONFIGID sizes: the launch fields a host sets and the
+#: hardware reports, which a VM Keep fills with :func:`launch_binding` of its workload.
+HOST_DATA_SIZE = 32
+MRCONFIGID_SIZE = 48
+
+
+def launch_binding(identity: str, size: int) -> bytes:
+    """The workload identity as a ``size``-byte launch field.
+
+    48 (TDX MRCONFIGID): the identity's 48 SHA-384 bytes themselves. 32 (SEV-SNP
+    HOST_DATA): SHA-256 of those 48 bytes. By hand: ``echo -n <hex after "sha384:"> |
+    xxd -r -p | sha256sum``.
+    """
+    raw = parse_identity(identity)
+    if size == MRCONFIGID_SIZE:
+        return raw
+    if size == HOST_DATA_SIZE:
+        return hashlib.sha256(raw).digest()
+    raise UsageError(f"no launch binding of {size} bytes",
+                     hint=f"use {HOST_DATA_SIZE} (SNP HOST_DATA) or {MRCONFIGID_SIZE} (TDX)")
 
 
 def identity_matches(expected: str, actual: str | None) -> bool:

@@ -69,8 +69,8 @@ def test_enarx_passes_what_wasmtime_passes(tmp_path: Path) -> None:
 
 def test_encrypted_preopens_pass_what_plain_ones_pass(tmp_path: Path) -> None:
     """The suite's filesystem tests against encrypted pre-opens (enarx.wasi.encfs): every
-    test that passes on a plain pre-open passes encrypted (symlinks included), except
-    path_link, which needs hard links, which encrypted directories do not support."""
+    test that passes on a plain pre-open passes encrypted (symlinks and hard links
+    included)."""
     suite = _checkout()
     env = dict(os.environ)
     env["ENARX_CACHE_DIR"] = str(tmp_path / "modules")
@@ -96,5 +96,5 @@ def test_encrypted_preopens_pass_what_plain_ones_pass(tmp_path: Path) -> None:
     counts = dict(ln.split(": ", 1) for ln in proc.stdout.splitlines()
                   if ln.startswith(("enarx: ", "enarx-encrypted: ")))
     plain, enc = (int(counts[k].split("/")[0]) for k in ("enarx", "enarx-encrypted"))
-    assert plain >= 70 and enc >= plain - 1, report  # path_link needs hard links
+    assert plain >= 70 and enc == plain, report
     assert not (cache / "encrypted-roots").exists()  # the encrypted copies are removed

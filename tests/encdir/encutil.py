@@ -16,7 +16,7 @@ from tests.cliutil import RunEnarx
 from tests.guestbuild import ToolchainMissing, build_c
 
 EIO = 29  # WASI's (and wasi-libc's) errno for an I/O error
-BLOCK = 4096
+BLOCK = 65536  # encdir_io's block: the format's (enarx.encdir.fileformat.BLOCK)
 
 
 def guest() -> Path:

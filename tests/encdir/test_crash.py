@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from tests.cliutil import ENARX, RunEnarx
-from tests.encdir.encutil import EncBox, guest
+from tests.encdir.encutil import BLOCK, EncBox, guest
 
-NFILES, NBLOCKS = 3, 64  # 256 KiB files: a commit takes a while
+NFILES, NBLOCKS = 3, 8  # 512 KiB files: a commit takes a while
 
 
 def _run_and_kill(box: EncBox, module_cache: Path, gens: int, extra_delay: float) -> int:
@@ -82,13 +82,13 @@ def test_kill_9_during_writes_leaves_every_block_old_or_new(
     plain = tmp_path / "plain"
     for k in range(NFILES):
         data = (plain / f"f{k}").read_bytes()
-        assert len(data) == NBLOCKS * 4096
+        assert len(data) == NBLOCKS * BLOCK
         gens = set()
         for b in range(NBLOCKS):
-            blk = data[b * 4096:(b + 1) * 4096]
-            assert blk == blk[:16] * 256 and blk[:8] == b"%04x%04x" % (k, b)
+            blk = data[b * BLOCK:(b + 1) * BLOCK]
+            assert blk == blk[:16] * (BLOCK // 16) and blk[:8] == b"%04x%04x" % (k, b)
             gens.add(blk[8:16])
-        # one commit per close (64 blocks < the 1 MiB commit threshold): the whole file is
+        # one commit per close (8 blocks < the 1 MiB commit threshold): the whole file is
         # at one generation, the documented whole-file guarantee
         assert len(gens) == 1, (k, gens)
         small = (plain / f"s{k}").read_bytes()
@@ -119,14 +119,14 @@ def _torn(box: EncBox) -> Path:
 def test_a_commit_torn_by_a_crash_is_readable_read_only(enarx: RunEnarx, tmp_path: Path) -> None:
     box = EncBox(enarx, tmp_path)
     host = _torn(box)
-    want = ["open 0 16384"] + [f"b{i} 0 7 {i} 2" for i in range(4)]
+    want = [f"open 0 {4 * BLOCK}"] + [f"b{i} 0 7 {i} 2" for i in range(4)]
     # a read-only pre-open and `enarx dir decrypt` (read-only too) see the committed state
     rc, out, err = box.run("check", "/data/t", ro=True)
     assert rc == 0 and out == want, (out, err)
     r = enarx("dir", "decrypt", box.host, tmp_path / "plain", "--key", box.key)
     assert r.returncode == 0, r.stderr.decode()
     data = (tmp_path / "plain" / "t").read_bytes()
-    assert data == b"".join(b"%04x%04x%08x" % (7, i, 2) * 256 for i in range(4))
+    assert data == b"".join(b"%04x%04x%08x" % (7, i, 2) * (BLOCK // 16) for i in range(4))
     # a read-write open replays the journal into the file and removes it
     assert box.ok("check", "/data/t") == want
     assert not host.with_name(host.name + ".j").exists()

@@ -134,7 +134,10 @@ def test_errnos_match_posix(d: EncDir) -> None:
     assert errno_of(d.lookup, "../x") == errno.EPERM
     assert errno_of(d.symlink, "x", "f") == errno.EEXIST
     assert errno_of(d.readlink, "f") == errno.EINVAL
-    assert errno_of(d.link, "f", "l") == errno.ENOTSUP
+    assert errno_of(d.link, "f", "dir") == errno.EEXIST
+    assert errno_of(d.link, "dir", "l") == errno.EPERM
+    assert errno_of(d.link, "missing", "l") == errno.ENOENT
+    assert errno_of(d.link, "f", "nope/l") == errno.ENOENT
     assert errno_of(d.lookup, ("a/b",)) == errno.EINVAL
 
 
@@ -324,3 +327,15 @@ def test_closed_directory_is_ebadf(d: EncDir) -> None:
                      (d.open_file, ("f",)), (d.mkdir, ("x",)), (d.unlink, ("f",))]:
         assert errno_of(fn, *args) == errno.EBADF
     d.close()  # twice is fine
+
+
+def test_a_new_file_is_open_by_its_final_host_name(tmp_path: Path, d: EncDir) -> None:
+    """A virtio-9p share (VM Keeps) resolves truncate by the name an fd was opened with: a
+    new file's fd must not be the one that wrote it aside under a name now removed."""
+    with d.open_file("new.txt", create=True) as f:
+        f.pwrite(b"x" * 10, 0)
+        opened = os.readlink(f"/proc/self/fd/{f._st().fd}")
+        assert not opened.endswith(" (deleted)")
+        assert Path(opened).parent == tmp_path / "enc" and not Path(opened).name.startswith(".")
+        f.truncate(3)
+    assert read(d, "new.txt") == b"xxx"

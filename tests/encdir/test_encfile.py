@@ -78,8 +78,8 @@ def test_write_counter_never_goes_back_after_truncate(tmp_path: Path) -> None:
         f.pwrite(b"N" * 5000, 0)
     d.close()
     new = bytearray(host.read_bytes())
-    new[ff.PREFIX_SIZE: ff.PREFIX_SIZE + B + ff.BLOCK_OVERHEAD] = \
-        old[ff.PREFIX_SIZE: ff.PREFIX_SIZE + B + ff.BLOCK_OVERHEAD]
+    blk = ff.block_host_len(0, 5000)  # block 0 of both (one short block)
+    new[ff.PREFIX_SIZE: ff.PREFIX_SIZE + blk] = old[ff.PREFIX_SIZE: ff.PREFIX_SIZE + blk]
     host.write_bytes(new)
     d = EncDir.open(tmp_path / "e", KEY)
     with pytest.raises(EncDirCorrupt), d.open_file("f") as f:
@@ -106,11 +106,12 @@ _CHILD = textwrap.dedent("""
     encfile._pwrite_all = dying
     d = EncDir.open(root, bytes(range(2, 34)))
     f = d.open_file("f")
-    for off, n in [(0, 4096), (3 * 4096, 4096), (6 * 4096, 2 * 4096 + 100)]:
+    B = BLOCKSIZE
+    for off, n in [(0, B), (3 * B, B), (6 * B, 2 * B + 100)]:
         f.pwrite(b"N" * n, off)  # three separate runs of blocks, the last one growing the file
     f.sync()
     os._exit(0)
-""")
+""").replace("BLOCKSIZE", str(B))
 
 OLD = b"O" * (6 * B + 10)
 NEW = b"N" * B + b"O" * 2 * B + b"N" * B + b"O" * 2 * B + b"N" * (2 * B + 100)
@@ -297,3 +298,43 @@ def test_read_only_open_sees_a_pending_journal_without_writing(tmp_path: Path) -
     finally:
         ro.close()
     assert {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()} == before
+
+
+def test_a_file_cut_by_the_host_while_open_is_eio_on_every_read_path(tmp_path: Path) -> None:
+    """Whole-block reads (the sequential hot path, decrypting into the caller's buffer) and
+    partial ones: a block the host cut away after the open is EIO, never the buffer's old
+    contents."""
+    d = EncDir.create(tmp_path / "e", KEY)
+    with d.open_file("f", create=True) as f:
+        f.pwrite(os.urandom(3 * B), 0)
+    f = d.open_file("f")
+    os.truncate(host_files(tmp_path / "e")[0], 100)
+    buf = bytearray(b"G" * B)
+    for off, n in [(B, B), (0, B), (2 * B, 10), (5, B)]:
+        with pytest.raises(EncDirCorrupt):
+            f.pread_into(memoryview(buf)[:n], off)
+    assert buf == b"G" * B
+    f.close()
+    d.close()
+
+
+def test_a_tampered_block_leaves_no_unauthenticated_plaintext_in_the_buffer(
+        tmp_path: Path) -> None:
+    """AES-GCM decrypt_into writes the plaintext before it checks the tag: a block that
+    fails is wiped from the caller's buffer (guest memory), not left there beside the EIO."""
+    d = EncDir.create(tmp_path / "e", KEY)
+    with d.open_file("f", create=True) as f:
+        f.pwrite(b"P" * (2 * B), 0)
+    d.close()
+    host = host_files(tmp_path / "e")[0]
+    raw = bytearray(host.read_bytes())
+    raw[ff.block_offset(1) + ff.NONCE + 100] ^= 0x01  # a bit of block 1's ciphertext
+    host.write_bytes(bytes(raw))
+    d = EncDir.open(tmp_path / "e", KEY)
+    with d.open_file("f") as f:
+        for off, n in [(B, B), (0, 2 * B)]:  # the one-block fast path, and a run of two
+            buf = bytearray(b"G" * n)
+            with pytest.raises(EncDirCorrupt):
+                f.pread_into(memoryview(buf), off)
+            assert b"P" * 200 not in buf[n - B:]  # nothing of the failed block
+    d.close()

@@ -227,3 +227,89 @@ def test_renamed_file_is_bound_to_its_new_name_only(tmp_path: Path) -> None:
     corrupt(root, "b")
     hosts["a"].write_bytes(old_a)
     assert read_all(root, "a") == b"alpha"  # a deleted entry restored: documented limit
+
+
+# --- format versions: version-1 directories (4 KiB blocks, no hard links) -----------------------
+
+def _v1_file(root: Path, name: bytes, data: bytes) -> Path:
+    """A version-1 file as the previous enarx wrote it (its layout in full: prefix with
+    version byte 1, 4 KiB blocks, a trailer without block size and link count)."""
+    import struct
+    from array import array
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from enarx.encdir.keys import DirKeys
+    from enarx.encdir.names import encrypt_name
+
+    keys = DirKeys.derive(KEY)
+    host = encrypt_name(keys.names, name, (root / ".diriv").read_bytes())
+    fid, fkey = os.urandom(16), os.urandom(32)
+    prefix = b"ENXEF\x00\x00\x01" + fid
+    blocks = [data[i: i + 4096] for i in range(0, len(data), 4096)]
+    body = b"".join(ff.seal_block(AESGCM(fkey), fid, i, 1, b) for i, b in enumerate(blocks))
+    payload = (fkey + struct.pack("<QQH", len(data), 1, len(host)) + host.encode()
+               + array("Q", [1] * len(blocks)).tobytes())
+    nonce = os.urandom(12)
+    trailer = nonce + keys.header.encrypt(nonce, payload, prefix)
+    (root / host).write_bytes(prefix + body + trailer + struct.pack("<I", len(trailer) + 4))
+    return root / host
+
+
+def test_a_version_1_directory_is_read_and_upgraded_by_a_writer(tmp_path: Path) -> None:
+    import json
+
+    from enarx.encdir.keys import DirKeys
+
+    root = tmp_path / "v1"
+    EncDir.create(root, KEY).close()
+    marker = json.loads((root / ".enarxdir").read_text())
+    assert marker["version"] == 2  # what this enarx writes
+    marker["version"] = 1
+    (root / ".enarxdir").write_text(json.dumps(marker, sort_keys=True) + "\n")
+    v1 = (root / ".enarxdir").read_bytes()
+    old = os.urandom(3 * 4096 + 7)
+    host = _v1_file(root, b"old", old)
+    ro = EncDir.open(root, KEY, readonly=True)  # read-only: read, nothing changed
+    with ro.open_file("old") as f:
+        assert f.pread(1 << 20, 0) == old
+    ro.close()
+    assert (root / ".enarxdir").read_bytes() == v1
+    d = EncDir.open(root, KEY)  # read-write: the directory says version 2 from now on
+    assert json.loads((root / ".enarxdir").read_text())["version"] == 2
+    with d.open_file("old") as f:
+        assert f.pread(1 << 20, 0) == old
+        f.pwrite(b"new", 5000)
+    d.link("old", "again")  # the upgraded file (still 4 KiB blocks) takes a second name
+    d.close()
+    assert host.read_bytes()[:5] == b"ENXEH"  # a name (entry); the file is in the link store
+    d = EncDir.open(root, KEY)
+    with d.open_file("again") as f:
+        assert f.pread(1 << 20, 0) == old[:5000] + b"new" + old[5003:]
+    assert d.lookup("old").nlink == 2
+    d.close()
+    stored = next(p for p in (root / ".links").iterdir() if "." not in p.name)
+    raw = stored.read_bytes()
+    assert raw[7] == 2  # the file's own format version
+    assert len(raw) == (ff.PREFIX_SIZE + ff.data_host_len(len(old), 4096)
+                        + ff.trailer_len(len(old), (stored.name,), 4096))
+    # a version this enarx does not know is refused, with a hint
+    (root / ".enarxdir").write_text(json.dumps({**marker, "version": 3}, sort_keys=True))
+    with pytest.raises(EncDirCorrupt, match="unsupported format version 3"):
+        EncDir.open(root, KEY)
+    assert DirKeys.derive(KEY)  # (the key itself was fine)
+
+
+def test_a_file_s_format_version_cannot_be_changed_by_the_host(tmp_path: Path) -> None:
+    """The version byte is authenticated (the trailer's associated data is the prefix): a
+    version-2 file passed off as version 1 (or a version-1 file as version 2) is EIO."""
+    root, hosts = make(tmp_path, {"new": b"n" * 5000})
+    old = _v1_file(root, b"old", b"o" * 5000)
+    for host, version in ((hosts["new"], 1), (old, 2)):
+        raw = bytearray(host.read_bytes())
+        assert raw[7] == 3 - version
+        raw[7] = version
+        host.write_bytes(bytes(raw))
+    for name in ("new", "old"):
+        with pytest.raises(EncDirCorrupt):
+            read_all(root, name)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.encdir.encutil import guest, record
+from tests.encdir.encutil import BLOCK, guest, record
 from tests.keep.deploykit import Env, Steward, make_env, sim_policy, steward
 
 RESOURCE = "app/dirkey/v1"
@@ -29,7 +29,7 @@ class Setup:
         self.key = os.urandom(32)
         src, self.enc = root / "plain", root / "enc"
         src.mkdir()
-        (src / "a").write_bytes(record(5, 0, 1) * 256)
+        (src / "a").write_bytes(record(5, 0, 1) * (BLOCK // 16))
         owner_key = root / "owner.key"  # the owner's copy: gone before the Keep runs
         owner_key.write_bytes(self.key)
         r = env.run("dir", "encrypt", src, self.enc, "--key", owner_key)
@@ -83,7 +83,7 @@ def test_the_released_key_opens_the_directory_and_is_never_on_disk_or_in_logs(
     r = env.run("run", "--backend", "sim", "--steward", srv.url, "--steward-ca", srv.ca,
                 "--wasmcfgfile", setup.cfg, setup.wasm)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines() == ["open 0 4096", "b0 0 5 0 1"]
+    assert r.stdout.splitlines() == [f"open 0 {BLOCK}", "b0 0 5 0 1"]
     forms = [setup.key, setup.key.hex().encode(), base64.b64encode(setup.key).rstrip(b"="),
              base64.urlsafe_b64encode(setup.key).rstrip(b"=")]
     logs = (r.stdout + r.stderr).encode()

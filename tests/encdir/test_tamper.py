@@ -15,7 +15,7 @@ import pytest
 
 from enarx.encdir import fileformat
 from tests.cliutil import RunEnarx
-from tests.encdir.encutil import EIO, EncBox, new_key, record
+from tests.encdir.encutil import BLOCK, EIO, EncBox, new_key, record
 
 
 @pytest.fixture
@@ -68,8 +68,8 @@ def _blocks(lines: list[str]) -> dict[int, list[str]]:
 
 
 def test_untouched_files_read_back(two: Two) -> None:
-    assert two.check_a() == ["open 0 16384"] + [f"b{i} 0 1 {i} 1" for i in range(4)]
-    assert two.box.ok("check", "/data/b") == ["open 0 8192", "b0 0 2 0 1", "b1 0 2 1 1"]
+    assert two.check_a() == [f"open 0 {4 * BLOCK}"] + [f"b{i} 0 1 {i} 1" for i in range(4)]
+    assert two.box.ok("check", "/data/b") == [f"open 0 {2 * BLOCK}", "b0 0 2 0 1", "b1 0 2 1 1"]
 
 
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
@@ -148,7 +148,7 @@ def test_host_sees_no_plaintext_in_any_file_or_name(box: EncBox) -> None:
     assert box.ok("fill", f"/data/{marker}-dir/{marker}-file", "3", "3", "7") == ["ok"]
     assert box.ok("fill", f"/data/{marker}-top", "4", "1", "7") == ["ok"]
     # the files are there for the guest
-    assert box.ok("check", f"/data/{marker}-dir/{marker}-file")[0] == "open 0 12288"
+    assert box.ok("check", f"/data/{marker}-dir/{marker}-file")[0] == f"open 0 {3 * BLOCK}"
     needles = [marker.encode(), marker.lower().encode(), record(3, 0, 7), record(4, 0, 7),
                record(3, 0, 7)[:8]]
     seen = 0
@@ -161,7 +161,7 @@ def test_host_sees_no_plaintext_in_any_file_or_name(box: EncBox) -> None:
             seen += len(data)
             for needle in needles:
                 assert needle not in data, (f, needle)
-    assert seen > 4 * 4096  # the ciphertext is on the host
+    assert seen > 4 * BLOCK  # the ciphertext is on the host
 
 
 def test_wrong_key_is_refused_before_the_workload_starts(box: EncBox, tmp_path: Path) -> None:
@@ -237,6 +237,6 @@ def test_a_journal_the_host_forges_is_ignored(two: Two, journal: str) -> None:
         forged = os.urandom(len(forged))
     jpath = two.a.with_name(two.a.name + ".j")
     jpath.write_bytes(forged)
-    assert two.check_a() == ["open 0 16384"] + [f"b{i} 0 1 {i} 1" for i in range(4)]
+    assert two.check_a() == [f"open 0 {4 * BLOCK}"] + [f"b{i} 0 1 {i} 1" for i in range(4)]
     assert not jpath.exists()  # dropped by the read-write open
     assert two.a.read_bytes() == data

@@ -133,3 +133,24 @@ def test_host_read_error_is_typed_and_leaves_nothing(tmp_path: Path,
         encrypt_tree(src, tmp_path / "enc", KEY)
     assert e.value.errno == errno.EIO and str(src) in e.value.message and e.value.hint
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_hard_links_survive_encrypt_and_decrypt(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"shared data" * 1000)
+    os.link(src / "a", src / "sub" / "b")
+    (src / "c").write_bytes(b"alone")
+    seen: list[int] = []
+    encrypt_tree(src, tmp_path / "enc", KEY, seen.append)
+    assert sum(seen) == 11000 + 5  # the shared file's bytes counted once
+    d = EncDir.open(tmp_path / "enc", KEY)
+    try:
+        assert d.lookup("a").nlink == 2 and d.lookup("a").ino == d.lookup("sub/b").ino
+        assert d.lookup("c").nlink == 1
+    finally:
+        d.close()
+    decrypt_tree(tmp_path / "enc", tmp_path / "out", KEY)
+    a, b = (tmp_path / "out" / "a").stat(), (tmp_path / "out" / "sub" / "b").stat()
+    assert a.st_ino == b.st_ino and a.st_nlink == 2
+    assert (tmp_path / "out" / "sub" / "b").read_bytes() == b"shared data" * 1000

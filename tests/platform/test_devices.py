@@ -338,8 +338,7 @@ Probe = Callable[[Path], Any]
     # KvmBackend (a QEMU VM per workload) is probed in tests/vm/test_launch.py.
     (SnpBackend, "sev_snp", ("/dev/sev-guest",), False, []),
     (SnpBackend, "sev_snp", (), True, []),
-    (SnpBackend, "", (), False, ["cpu flag sev_snp",
-                                 "report interface (configfs-tsm or /dev/sev-guest)"]),
+    (SnpBackend, "", (), False, ["mode"]),  # neither guest nor host: tests/platform/test_launchmode.py
     (TdxBackend, "tdx_guest", ("/dev/tdx_guest",), True, []),
     (TdxBackend, "tdx_guest", ("/dev/tdx_guest",), False, ["configfs-tsm"]),
     (SgxBackend, "sgx", ("/dev/sgx_enclave",), False,

@@ -289,3 +289,54 @@ def test_evidence_of_another_platform_than_the_kind_is_refused(milan: VerifiedEv
     assert _rules(got) == ["platform"]  # and no SGX rule reads SNP fields
     assert got.failed[0].expected == "sgx" and got.failed[0].actual == "snp"
     assert _rules(_snp(P('allow = ["nil"]'), milan, "nil", vendor=True)) == ["platform"]
+
+
+def test_host_data_must_bind_the_claimed_workload(tmp_path_factory: pytest.TempPathFactory,
+                                                  sim: VerifiedEvidence) -> None:
+    from enarx.workload import launch_binding
+
+    bound = _sim(tmp_path_factory, host_data=launch_binding(WL, 32))
+    pol = P('allow = ["sim"]')
+    assert _snp(pol, bound, kind="sim", vendor=False, workload=WL).ok
+    wrong = _snp(pol, bound, kind="sim", vendor=False, workload=WL2)
+    assert _rules(wrong) == ["snp.host_data"]
+    assert wrong.failed[0].to_dict()["expected"] == launch_binding(WL2, 32).hex()
+    assert wrong.failed[0].to_dict()["actual"] == launch_binding(WL, 32).hex()
+    assert wrong.vector["file-system"] == 96
+    # a guest that claims no workload (a Trustee guest: HOST_DATA = its init-data digest,
+    # an upstream CSR) has nothing to bind to: passes by default, refused when required
+    assert _snp(pol, bound, kind="sim", vendor=False, bound=False).ok
+    # all-zero HOST_DATA (a Keep launched without one) passes by default ("if-set") ...
+    assert _snp(pol, sim, kind="sim", vendor=False, workload=WL).ok
+    # ... but not when the policy requires the binding; "ignore" skips the check
+    pinned = '[snp]\nhash_blacklist = ["' + "00" * 48 + '"]\n'
+    need = P('allow = ["sim"]\n' + pinned + 'host_data = "workload"')
+    assert _rules(_snp(need, sim, kind="sim", vendor=False, workload=WL)) == ["snp.host_data"]
+    assert _snp(need, bound, kind="sim", vendor=False, workload=WL).ok
+    assert _rules(_snp(need, bound, kind="sim", vendor=False, bound=False)) == [
+        "snp.host_data"]
+    skip = P('allow = ["sim"]\n' + pinned + 'host_data = "ignore"')
+    assert _snp(skip, bound, kind="sim", vendor=False, workload=WL2).ok
+    # the default adds nothing to the policy id; a chosen mode is part of it
+    assert P(pinned).policy_id == P(pinned + 'host_data = "if-set"').policy_id
+    assert P(pinned).policy_id != P(pinned + 'host_data = "workload"').policy_id
+
+
+def test_tdx_mrconfigid_must_bind_the_claimed_workload() -> None:
+    from enarx.workload import launch_binding
+
+    tdx = load_dcap("tdx", "dcapqvl-tdx-v4").verify()
+    assert not any(tdx.attributes["mr_config_id"])  # this quote's TD was launched without one
+    bound = dataclasses.replace(tdx, attributes={**tdx.attributes,
+                                                 "mr_config_id": launch_binding(WL, 48)})
+
+    def run(text: str, ev: VerifiedEvidence) -> Any:
+        return appraise(P(text), ev, kind="tdx", vendor_root=True, workload=WL,
+                        workload_bound=True)
+
+    assert run("", tdx).ok and run("", bound).ok
+    assert _rules(run('[tdx]\nmrconfigid = "workload"', tdx)) == ["tdx.mrconfigid"]
+    assert run('[tdx]\nmrconfigid = "workload"', bound).ok
+    other = dataclasses.replace(tdx, attributes={**tdx.attributes,
+                                                 "mr_config_id": launch_binding(WL2, 48)})
+    assert _rules(run("", other)) == ["tdx.mrconfigid"]

@@ -219,3 +219,16 @@ def test_secret_declarations_count_in_the_identity_but_not_without_them() -> Non
     assert len(ids) == 4  # the host cannot re-route a secret without changing the identity
     assert effective_config(as_file)["files"][-1] == {
         "kind": "dir", "name": "secrets", "guest": "/run/secrets", "readonly": True}
+
+
+def test_launch_binding_of_an_identity() -> None:
+    from enarx.workload import launch_binding
+
+    ident = "sha384:" + hashlib.sha384(b"x").hexdigest()
+    raw = bytes.fromhex(ident.removeprefix("sha384:"))
+    assert launch_binding(ident, 48) == raw  # TDX MRCONFIGID: the digest itself
+    assert launch_binding(ident, 32) == hashlib.sha256(raw).digest()  # SNP HOST_DATA
+    with pytest.raises(UsageError, match="no launch binding of 64 bytes"):
+        launch_binding(ident, 64)
+    with pytest.raises(UsageError, match="invalid workload identity"):
+        launch_binding("sha256:" + "0" * 64, 32)

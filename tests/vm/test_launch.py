@@ -22,18 +22,6 @@ from tests.guestbuild import build_c
 KVM = ("--backend", "kvm")
 
 
-@pytest.fixture(scope="session")
-def vm_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Environment for the enarx CLI: the session's image cache, TCG (this host's /dev/kvm
-    never reaches init, and a KVM probe boot per test would double the cost)."""
-    from enarx.vm.image import build_image
-
-    cache = tmp_path_factory.mktemp("vm-images")
-    build_image(cache=cache)
-    return {"ENARX_VM_IMAGE_CACHE": str(cache), "ENARX_VM_ACCEL": "tcg",
-            "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg-cache"))}
-
-
 def test_args_env_and_exit_code_as_on_nil(enarx: RunEnarx, vm_env: dict[str, str]) -> None:
     wasm = build_c("cli_env.c")
     r = enarx("run", *KVM, "--env", "A=1", "--env", "EXIT_CODE=42", wasm, "one", "--two",
@@ -201,13 +189,6 @@ def test_missing_qemu_is_a_clear_error(enarx: RunEnarx, tmp_path: Path) -> None:
     err = r.stderr.decode()
     assert "qemu-system-x86_64: not found" in err and "hint: install qemu-system-x86" in err
     assert "Traceback" not in err
-
-
-def test_dir_is_refused_before_any_boot(enarx: RunEnarx, tmp_path: Path) -> None:
-    r = enarx("run", *KVM, "--dir", str(tmp_path), build_c("hello.c"))
-    assert r.returncode == 2
-    assert "--dir is not supported by the kvm backend" in r.stderr.decode()
-    assert "Traceback" not in r.stderr.decode()
 
 
 def test_protocol_frames_round_trip_and_refuse_oversized_lengths() -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from enarx.vm.image import build_image
-from enarx.vm.measure import MeasureError, snp_launch_digest
+from enarx.vm.measure import MeasureError, sim_launch_digest, snp_launch_digest
+from enarx.vm.simfw import SIM_FIRMWARE_ID, sim_firmware
 
 ENARX = [sys.executable, "-m", "enarx.cli.main"]
 _FOOTER = "96b582de-1fb2-45f7-baea-a366c55a082d"
@@ -114,6 +115,8 @@ def test_digest_matches_sev_snp_measure_cli_and_tracks_every_input(image_dir: Pa
     (["--snp", "--ovmf", "nohashes.fd"], "no SNP kernel-hashes metadata"),
     (["--snp", "--ovmf", "OVMF.amdsev.fd", "--vcpus", "0"], "--vcpus must be between"),
     (["--snp", "--ovmf", "OVMF.amdsev.fd", "--vcpu-type", "Pentium"], "unknown vCPU type"),
+    (["--snp", "--sim", "--ovmf", "OVMF.amdsev.fd"], "choose one of --ovmf and --sim"),
+    (["--snp", "--sim", "--vcpus", "0"], "--vcpus must be between"),
 ])
 def test_bad_arguments_are_clear_errors(image_dir: Path, tmp_path: Path, args: list[str],
                                         message: str) -> None:
@@ -133,3 +136,49 @@ def test_library_refuses_missing_image_files(tmp_path: Path) -> None:
     ovmf = synthetic_ovmf(tmp_path / "OVMF.amdsev.fd")
     with pytest.raises(MeasureError, match="initramfs is missing"):
         snp_launch_digest(kernel=ovmf, initrd=tmp_path / "nope", append="", ovmf=ovmf)
+
+
+def test_sim_digest_is_deterministic_and_moves_with_every_input(image_dir: Path,
+                                                                tmp_path: Path) -> None:
+    base = ["--snp", "--sim", "--image", str(image_dir), "--json"]
+    first, again = _measure(base, tmp_path), _measure(base, tmp_path)
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)["snp"]
+    assert first.stdout == again.stdout  # deterministic
+    assert out["firmware"] == SIM_FIRMWARE_ID and out["ovmf"] is None
+    assert out["vcpus"] == 1 and out["vcpu_type"] == "EPYC-v4"
+    digest = out["launch_digest"]
+    # The generated firmware is measured through the same library path as a real OVMF:
+    # sev-snp-measure's own command line over its bytes gives the same digest.
+    fw = tmp_path / "sim.fd"
+    fw.write_bytes(sim_firmware())
+    assert sim_firmware() == fw.read_bytes()
+    manifest = json.loads((image_dir / "manifest.json").read_text())
+    ref = subprocess.run(
+        [sys.executable, "-m", "sevsnpmeasure.cli", "--mode", "snp", "--vcpus", "1",
+         "--vcpu-type", "EPYC-v4", "--ovmf", str(fw), "--kernel", str(image_dir / "vmlinuz"),
+         "--initrd", str(image_dir / "initramfs.img"), "--append", manifest["append"]],
+        capture_output=True, text=True, check=True, timeout=120)
+    assert ref.stdout.strip() == digest
+    human = _measure(base[:-1], tmp_path)
+    assert f'hash = ["{digest}"]' in human.stdout and 'allow = ["sim"]' in human.stdout
+    seen = {digest}
+    for extra in (["--vcpus", "2"], ["--vcpu-type", "EPYC-Milan"], ["--append", "quiet"]):
+        p = _measure([*base, *extra], tmp_path)
+        assert p.returncode == 0, p.stderr
+        seen.add(json.loads(p.stdout)["snp"]["launch_digest"])
+    kernel, initrd = image_dir / "vmlinuz", image_dir / "initramfs.img"
+    for name in ("kernel", "initrd"):
+        changed = tmp_path / name
+        changed.write_bytes((kernel if name == "kernel" else initrd).read_bytes() + b"\0")
+        args = {"kernel": kernel, "initrd": initrd, name: changed}
+        seen.add(sim_launch_digest(append=manifest["append"], **args).hex())
+    assert len(seen) == 6
+    # A real (here: synthetic) OVMF gives another digest than the sim firmware.
+    other = snp_launch_digest(kernel=kernel, initrd=initrd, append=manifest["append"],
+                              ovmf=synthetic_ovmf(tmp_path / "OVMF.amdsev.fd"))
+    assert other.hex() not in seen
+    # Without the kernel-hashes section the sim firmware would not measure the image.
+    fw.write_bytes(sim_firmware(kernel_hashes=False))
+    with pytest.raises(MeasureError, match="no SNP kernel-hashes metadata"):
+        snp_launch_digest(kernel=kernel, initrd=initrd, append="", ovmf=fw)

@@ -75,7 +75,7 @@ def test_snp_uses_sev_snp_guest_with_kernel_hashes_and_host_data() -> None:
     machine = _props(_opt(argv, "-machine")[0])
     assert machine["_type"] == "q35" and machine["confidential-guest-support"] == "sev0"
     assert objects["memory-backend-memfd"]["id"] == machine["memory-backend"]
-    assert "virtio-serial-pci" in _opt(argv, "-device")
+    assert "virtio-serial-pci,disable-legacy=on,iommu_platform=on" in _opt(argv, "-device")
 
 
 def test_tdx_uses_tdx_guest_with_mrconfigid_padded_to_48_bytes() -> None:
@@ -106,3 +106,23 @@ def test_confidential_modes_need_firmware_and_bad_modes_are_refused() -> None:
         command_line("xen", SPEC)
     with pytest.raises(UsageError, match="64 MiB"):
         command_line("tcg", replace(SPEC, memory_mib=16))
+
+
+def test_confidential_modes_give_every_virtio_device_platform_dma() -> None:
+    from dataclasses import replace
+
+    from enarx.vm.network import NetSpec
+    from enarx.vm.shares import Share
+
+    spec = replace(SPEC, net=NetSpec(),
+                   shares=(Share(host="/data", tag="enarx0", readonly=True),))
+    for mode in ("snp", "tdx"):
+        pci = [d for d in _opt(command_line(mode, spec), "-device")
+               if d.split(",")[0].startswith("virtio-") and d.split(",")[0].endswith("-pci")]
+        assert [d.split(",")[0] for d in pci] == ["virtio-serial-pci", "virtio-net-pci",
+                                                  "virtio-9p-pci"]
+        for device in pci:
+            props = _props(device)
+            assert props["iommu_platform"] == "on" and props["disable-legacy"] == "on", device
+    for mode in ("kvm", "tcg"):  # plain VMs: unchanged (what boots in test_launch.py)
+        assert not any("iommu_platform" in d for d in _opt(command_line(mode, spec), "-device"))

@@ -57,11 +57,13 @@ def deploy(backend: str | None, steward: str | None, steward_ca: str | None,
     Inside the Keep: resolve the package, attest to the steward for the package's identity,
     receive its key and secrets (JWE to a one-time key), fetch, decrypt and check every
     digest, then run main.wasm with the package's Enarx.toml. The host sees ciphertext only.
+    With --backend kvm all of this happens inside one VM Keep (docs/vm-keeps.md).
     \b
     Examples:
       enarx deploy --steward https://steward:3000 --steward-ca ca.pem registry.example/me/app:1.0.0
       enarx deploy --signer me.pub.pem --steward … oci://registry.example/me/app:1.0.0
       enarx deploy --backend sim --allow-insecure file://./app
+      enarx deploy --backend kvm --allow-insecure http://127.0.0.1:8080/me/app:1.0.0
     """
     from enarx import platform
     from enarx.cli.output import warn
@@ -101,6 +103,21 @@ def deploy(backend: str | None, steward: str | None, steward_ca: str | None,
     check_backend(chosen, allow_insecure)  # before anything is fetched or printed
     if chosen.warning:
         warn(chosen.warning)
+    if chosen.vm_mode() in ("snp", "tdx"):  # an SNP/TDX host (vm/hostlaunch.py): run only
+        raise UsageError(f"`enarx deploy --backend {chosen.name}` on this host (it would "
+                         "launch a confidential VM) is not supported yet: only `enarx run` "
+                         "launches confidential VM Keeps",
+                         hint=f"fetch the package (`enarx package fetch SPEC --out DIR`) and "
+                         f"`enarx run --backend {chosen.name} DIR/main.wasm`, or deploy from "
+                         "inside a confidential VM")
+    if chosen.name == "kvm":  # the whole deploy runs inside one VM Keep (vm/vmdeploy.py)
+        from enarx.vm.vmdeploy import deploy_in_vm
+
+        code = deploy_in_vm(spec, warn=warn, steward=steward, steward_ca=steward_ca,
+                            signer=signer, ca_bundle=ca_bundle, token=token,
+                            registry=registry, allow_insecure=allow_insecure,
+                            max_memory=memory, timeout=timeout, fuel=fuel)
+        sys.exit(code & 0xFF if code >= 0 else 1)
     if target is None:
         warn("no --steward: nothing attests this Keep, and an encrypted package or "
              "[[secrets]] cannot be deployed")

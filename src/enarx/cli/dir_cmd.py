@@ -61,11 +61,15 @@ def _check_paths(src: Path, dst: Path) -> None:
 
 
 def _plain_size(root: Path) -> int:
-    total = 0
+    total, seen = 0, set()
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             with contextlib.suppress(OSError):  # vanished: the tree call reports it
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                s = os.lstat(os.path.join(dirpath, name))
+                if s.st_nlink > 1 and (s.st_dev, s.st_ino) in seen:
+                    continue  # a hard link's bytes count once, as the tree call counts them
+                seen.add((s.st_dev, s.st_ino))
+                total += s.st_size
     return total
 
 
@@ -75,7 +79,7 @@ def _encrypted_size(root: Path, key: bytes) -> int:
 
     d = EncDir.open(root, key, readonly=True)
     try:
-        total, stack = 0, [""]
+        total, stack, seen = 0, [""], set()
         while stack:
             path = stack.pop()
             for name, kind in d.listdir(path):
@@ -84,7 +88,11 @@ def _encrypted_size(root: Path, key: bytes) -> int:
                 if kind == "dir":
                     stack.append(child)
                 else:
-                    total += d.lookup(child).size
+                    node = d.lookup(child)
+                    if node.nlink > 1 and node.ino in seen:
+                        continue  # a further name of a hard-linked file: counted once
+                    seen.add(node.ino)
+                    total += node.size
         return total
     finally:
         d.close()

@@ -29,9 +29,10 @@ def info(as_json: bool) -> None:
 
     rows: list[dict[str, Any]] = []
     for name in plat.BACKENDS:
+        facts: dict[str, Any] = {}
         try:
             backend = plat.get(name)
-            checks = backend.probe()
+            checks, facts = backend.info()
             confidential = backend.confidential
         except EnarxError as e:
             checks = [Check("backend module", False, e.message, "this build lacks the backend")]
@@ -42,6 +43,7 @@ def info(as_json: bool) -> None:
                 "available": all(c.passed for c in checks),
                 "confidential": confidential,
                 "checks": [asdict(c) for c in checks],
+                **({"details": facts} if facts else {}),
             }
         )
     default = plat.select(None).name

@@ -112,6 +112,21 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
     "sev-snp, tdx, sgx, kvm, nil [env: ENARX_BACKEND].",
 )
 @click.option(
+    "--vm",
+    is_flag=True,
+    help="With --backend sim: boot a sim VM Keep, a QEMU VM whose sim-signed SNP reports "
+    "carry the image's launch digest (`enarx keep image measure --snp --sim`) and the "
+    "workload identity as HOST_DATA. NOT confidential (kvm and sev-snp/tdx hosts always "
+    "boot a VM).",
+)
+@click.option(
+    "--firmware",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="sev-snp/tdx on a host (each workload boots in its own confidential VM): the VM "
+    "firmware, OVMF.amdsev.fd or TDVF [env: ENARX_SNP_FIRMWARE, ENARX_TDX_FIRMWARE].",
+)
+@click.option(
     "--dir",
     "dirs",
     multiple=True,
@@ -160,6 +175,8 @@ def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> int 
 def run(
     wasmcfgfile: str | None,
     backend: str | None,
+    vm: bool,
+    firmware: str | None,
     dirs: tuple[str, ...],
     envs: tuple[str, ...],
     max_memory: int | None,
@@ -187,6 +204,7 @@ def run(
       enarx run --dir ./data::/data --env MODE=fast app.wasm input.json
       enarx run --wasmcfgfile Enarx.toml --max-memory 256M --timeout 30 app.wasm
       enarx run --steward https://steward:3000 --steward-ca ca.pem --backend sev-snp app.wasm
+      enarx run --backend sim --vm --steward https://127.0.0.1:3000 --steward-ca ca.pem app.wasm
     """
     from enarx import platform
     from enarx.cli.output import warn
@@ -207,7 +225,10 @@ def run(
     except OSError as e:
         raise WorkloadNotFound(f"cannot read {module}: {e.strerror}") from None
 
-    chosen = platform.select(backend)
+    chosen = platform.select(backend, firmware=firmware)
+    if vm and chosen.name not in ("sim", "kvm"):
+        raise UsageError(f"--vm boots a sim VM Keep; the {chosen.name} backend cannot",
+                         hint="use --backend sim --vm (kvm always boots a VM)")
     if chosen.warning:
         warn(chosen.warning)
     target = _steward(steward, steward_ca, conf, base_dir)
@@ -221,12 +242,12 @@ def run(
     if limits.max_memory > DEFAULT_MAX_MEMORY:
         raise UsageError("--max-memory above 4G is meaningless for wasm32", hint="use 4G or less")
     sys.stdout.flush()
-    if chosen.name == "kvm":  # one VM per workload (enarx.vm): the same inputs, run inside
-        from enarx.vm.launcher import run_cli
+    if chosen.vm_mode() is not None or vm:  # one VM per workload: kvm, sim --vm, sev-snp/tdx
+        from enarx.vm.launcher import run_cli  # on a host: the same inputs, run inside
 
         sys.exit(run_cli(wasm, module.name, wasmcfgfile, dirs=extra_dirs, args=args,
                          env=extra_env, limits=limits, fd_env=not no_fd_env, steward=target,
-                         warn=warn) & 0xFF)
+                         warn=warn, backend=chosen) & 0xFF)
     code = run_workload(
         Workload(wasm=wasm, argv0=module.name),
         conf,

@@ -3,7 +3,8 @@
 :class:`EncDir` opens (or creates) a host directory whose file contents and names are
 encrypted under a 32-byte directory key; :class:`EncFile` is an open file in it. The format,
 key hierarchy and crash-safety guarantee are described in :mod:`enarx.encdir.fileformat`,
-:mod:`enarx.encdir.keys` and :mod:`enarx.encdir.encfile`; docs/encrypted-dirs.md is the
+:mod:`enarx.encdir.keys`, :mod:`enarx.encdir.encfile` and (links)
+:mod:`enarx.encdir.symlinks` / :mod:`enarx.encdir.hardlinks`; docs/encrypted-dirs.md is the
 user-facing account.
 """
 

@@ -7,8 +7,9 @@ lexically, never above the root). Host symlinks, devices or sockets inside the t
 never followed: finding one is :class:`EncDirCorrupt`. A guest symlink is a host regular file
 of its own format (:mod:`enarx.encdir.symlinks`, kind ``"symlink"``); this class never follows
 one (following, with its confinement, is the WASI layer's job): as a directory component it
-is ``ENOTDIR``, opened as a file ``ELOOP``. Hard links cannot be created (ENOTSUP: a file's
-trailer and crash journal are bound to one host name, see docs/encrypted-dirs.md).
+is ``ENOTDIR``, opened as a file ``ELOOP``. Symlink and hard-link operations are in
+:mod:`enarx.encdir.linkops` (a hard-linked file lives in the link store, its names are
+entries: :mod:`enarx.encdir.hardlinks`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import shutil
 import stat as st
 import threading
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
 
 from enarx.encdir.encfile import (
@@ -35,56 +35,39 @@ from enarx.encdir.encfile import (
     utime,
 )
 from enarx.encdir.errors import EncDirCorrupt, EncDirError, EncDirFsError
-from enarx.encdir.keys import MARKER_NAME, DirKeys, build_marker, check_marker
+from enarx.encdir.hardlinks import ENTRY_SIZE
+from enarx.encdir.hostfs import GuestPath, Parts, parts_of, tmp_name, write_new
+from enarx.encdir.keys import (
+    FORMAT_VERSION,
+    MARKER_NAME,
+    DirKeys,
+    build_marker,
+    check_marker,
+    upgrade_patch,
+)
+from enarx.encdir.linkops import MAX_LINKS, LinkOps
 from enarx.encdir.names import DIRIV_NAME, DIRIV_SIZE, decrypt_name, encrypt_name, is_metadata
-from enarx.encdir.symlinks import LINK_MAGIC, MAX_TARGET, is_link, open_link, seal_link
+from enarx.encdir.symlinks import LINK_MAGIC, is_link
 from enarx.fsutil import atomic_write
 
-__all__ = ["EncDir", "GuestPath"]
-
-GuestPath = str | bytes | Sequence[str | bytes]
-Parts = tuple[bytes, ...]
+__all__ = ["MAX_LINKS", "EncDir", "GuestPath"]
 
 
-def _parts(path: GuestPath) -> Parts:
-    if isinstance(path, str | bytes):
-        raw = path.encode("utf-8", "surrogateescape") if isinstance(path, str) else path
-        out: list[bytes] = []
-        for comp in raw.split(b"/"):
-            if comp in (b"", b"."):
-                continue
-            if comp == b"..":
-                if not out:
-                    raise EncDirFsError(errno.EPERM, "path leaves the encrypted directory")
-                out.pop()
-                continue
-            out.append(comp)
-        return tuple(out)
-    parts = tuple(c.encode("utf-8", "surrogateescape") if isinstance(c, str) else bytes(c)
-                  for c in path)
-    for c in parts:
-        if c in (b"", b".", b"..") or b"/" in c:
-            raise EncDirFsError(errno.EINVAL, f"invalid path component {c!r}")
-    return parts
+def _node(s: os.stat_result, kind: str, size: int, nlink: int = 1) -> Node:
+    nlink = s.st_nlink if kind == "dir" else nlink
+    return Node(kind, size, s.st_mtime_ns, s.st_atime_ns, s.st_ctime_ns, s.st_ino, nlink)
 
 
-def _write_new(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def _upgrade(path: str, marker: bytes) -> None:
+    """A version-1 directory opened read-write becomes version 2 (its files are upgraded one
+    by one as they are next written; version-1 files stay readable)."""
+    at, data = upgrade_patch(marker)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        os.pwrite(fd, data, at)
+        os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _tmp_name(parent: str, tag: str) -> str:
-    return os.path.join(parent, f".{tag}-{os.urandom(8).hex()}.tmp")
-
-
-def _node(s: os.stat_result, kind: str, size: int) -> Node:
-    nlink = s.st_nlink if kind == "dir" else 1
-    return Node(kind, size, s.st_mtime_ns, s.st_atime_ns, s.st_ctime_ns, s.st_ino, nlink)
 
 
 def _shutdown(states: dict[tuple[int, int], FileState], lock: threading.RLock, lock_fd: int,
@@ -109,7 +92,7 @@ def _shutdown(states: dict[tuple[int, int], FileState], lock: threading.RLock, l
         raise error
 
 
-class EncDir(Owner):
+class EncDir(LinkOps, Owner):
     """One opened encrypted directory (holds the key's derived keys in this process)."""
 
     def __init__(self, root: str, keys: DirKeys, *, readonly: bool, lock_fd: int = -1) -> None:
@@ -162,7 +145,8 @@ class EncDir(Owner):
                               hint="create it with `enarx dir encrypt SRC DST --key KEY`, or "
                                    "start from an empty directory") from None
         try:
-            check_marker(os.read(fd, 4096), keys)
+            marker = os.read(fd, 4096)
+            version = check_marker(marker, keys)
             try:  # one writer, or any number of readers, per directory
                 fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -170,6 +154,8 @@ class EncDir(Owner):
                     f"{root} is in use by another enarx process or pre-open",
                     hint="an encrypted directory can be opened read-write by one Keep at a "
                          "time (or read-only by several)") from None
+            if version != FORMAT_VERSION and not readonly:
+                _upgrade(os.path.join(root, MARKER_NAME), marker)
             d = cls(root, keys, readonly=readonly, lock_fd=fd)
         except BaseException:
             os.close(fd)
@@ -238,44 +224,16 @@ class EncDir(Owner):
         parent = self._dir(parts[:-1])
         return parent, self._host(parent, parts[-1])
 
-    @staticmethod
-    def _lstat(host: str) -> os.stat_result | None:
-        try:
-            return os.lstat(host)
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
-            raise EncDirFsError(errno.ENOTDIR) from None
-
-    @staticmethod
-    def _read_host(host: str, n: int) -> bytes:
-        flags = os.O_RDONLY | os.O_NOFOLLOW
-        try:  # a peek must not change the guest-visible atime (host atime is the file's)
-            try:
-                fd = os.open(host, flags | getattr(os, "O_NOATIME", 0))
-            except PermissionError:  # O_NOATIME needs the file's owner
-                fd = os.open(host, flags)
-        except FileNotFoundError:
-            raise EncDirFsError(errno.ENOENT) from None
-        except OSError as e:
-            raise EncDirCorrupt(f"a host entry cannot be read: {e.strerror}") from None
-        try:
-            return os.pread(fd, n, 0)
-        finally:
-            os.close(fd)
-
-    def _kind(self, s: os.stat_result, host: str) -> str:
-        """``dir``, ``file`` or ``symlink`` (a claim its format then authenticates)."""
+    def _kind(self, s: os.stat_result, host: str, head: bytes | None = None) -> str:
+        """``dir``, ``file`` or ``symlink`` (a claim its format then authenticates);
+        ``head``: the host file's first bytes when the caller has read them."""
         if st.S_ISDIR(s.st_mode):
             return "dir"
         if st.S_ISREG(s.st_mode):
-            return "symlink" if is_link(self._read_host(host, len(LINK_MAGIC))) else "file"
+            if head is None:
+                head = self._read_host(host, len(LINK_MAGIC))
+            return "symlink" if is_link(head) else "file"
         raise EncDirCorrupt("a host entry is neither a file nor a directory (symlink?)")
-
-    def _link_target(self, host: str) -> bytes:
-        data = self._read_host(host, MAX_TARGET + 64)
-        parent = os.path.dirname(host)
-        return open_link(self._keys.links, self._diriv(parent), os.path.basename(host), data)
 
     def _writable(self) -> None:
         if self.readonly:
@@ -285,21 +243,24 @@ class EncDir(Owner):
     def lookup(self, path: GuestPath) -> Node:
         """What ``stat`` says about ``path`` (the file's authenticated plaintext size)."""
         with self._lock:
-            _, host = self._locate(_parts(path))
+            _, host = self._locate(parts_of(path))
             s = self._lstat(host)
             if s is None:
                 raise EncDirFsError(errno.ENOENT)
-            kind = self._kind(s, host)
+            head = self._read_host(host, ENTRY_SIZE + 1) if st.S_ISREG(s.st_mode) else None
+            kind = self._kind(s, host, head)
             if kind == "dir":
                 return _node(s, "dir", s.st_size)
             if kind == "symlink":
                 return _node(s, "symlink", len(self._link_target(host)))
-            state = self._states.get((s.st_dev, s.st_ino))
+            content = self._content(host, head)
+            cs = s if content == host else self._stored(content)
+            state = self._states.get((cs.st_dev, cs.st_ino))
             if state is not None:
                 return state.node()
-            tmp = self._load(host)
+            tmp = self._load(content)
             try:
-                return _node(s, "file", tmp.length)
+                return _node(cs, "file", tmp.length, tmp.nlink)
             finally:
                 tmp.close_fd()
 
@@ -309,7 +270,7 @@ class EncDir(Owner):
         """``(name, kind)`` of every entry of directory ``path`` (kind ``file``, ``dir`` or
         ``symlink``)."""
         with self._lock:
-            host = self._dir(_parts(path))
+            host = self._dir(parts_of(path))
             iv = self._diriv(host)
             out = []
             with os.scandir(host) as it:
@@ -345,7 +306,7 @@ class EncDir(Owner):
                   trunc: bool = False) -> EncFile:
         """Open (and maybe create or truncate) a regular file."""
         with self._lock:
-            parts = _parts(path)
+            parts = parts_of(path)
             if not parts:
                 raise EncDirFsError(errno.EISDIR)
             parent, host = self._locate(parts)
@@ -354,23 +315,19 @@ class EncDir(Owner):
                 if not create:
                     raise EncDirFsError(errno.ENOENT)
                 self._writable()
-                tmp = _tmp_name(parent, "new")
-                _write_new(tmp, new_file_bytes(self._keys, os.path.basename(host)))
-                try:
-                    os.link(tmp, host)
-                except FileExistsError:
-                    raise EncDirFsError(errno.EEXIST) from None
-                finally:
-                    os.unlink(tmp)
+                return EncFile(self, self._create(parent, host))
             else:
                 if create and excl:
                     raise EncDirFsError(errno.EEXIST)
-                kind = self._kind(s, host)
+                head = self._read_host(host, ENTRY_SIZE + 1) if st.S_ISREG(s.st_mode) \
+                    else None
+                kind = self._kind(s, host, head)
                 if kind == "dir":
                     raise EncDirFsError(errno.EISDIR)
                 if kind == "symlink":  # never followed here (as O_NOFOLLOW); a fake is EIO
                     self._link_target(host)
                     raise EncDirFsError(errno.ELOOP)
+                host = self._content(host, head)
             if trunc:
                 self._writable()
             state = self._acquire(host)
@@ -378,6 +335,33 @@ class EncDir(Owner):
                 state.truncate(0)
                 state.commit(durable=False)
             return EncFile(self, state)
+
+    def _create(self, parent: str, host: str) -> FileState:
+        """A new, empty file at ``host`` (written aside, then linked into place: EEXIST if
+        something is there), open by its final name: a virtio-9p share (VM Keeps) truncates
+        by the name an fd was opened with, which must therefore still exist."""
+        tmp = tmp_name(parent, "new")
+        write_new(tmp, new_file_bytes(self._keys, os.path.basename(host)))
+        try:
+            os.link(tmp, host)
+        except FileExistsError:
+            raise EncDirFsError(errno.EEXIST) from None
+        finally:
+            os.unlink(tmp)
+        try:
+            fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as e:
+            raise EncDirFsError(e.errno or errno.EIO, f"cannot open encrypted file: {e}") \
+                from None
+        try:
+            state = FileState(self._keys, host, fd, writable=True, lock=self._lock)
+        except BaseException:
+            os.close(fd)
+            raise
+        s = os.fstat(fd)
+        self._states[(s.st_dev, s.st_ino)] = state
+        state.refs += 1
+        return state
 
     def _acquire(self, host: str) -> FileState:
         s = os.lstat(host)
@@ -414,16 +398,16 @@ class EncDir(Owner):
     def mkdir(self, path: GuestPath) -> None:
         with self._lock:
             self._writable()
-            parts = _parts(path)
+            parts = parts_of(path)
             if not parts:
                 raise EncDirFsError(errno.EEXIST)
             parent, host = self._locate(parts)
             if self._lstat(host) is not None:
                 raise EncDirFsError(errno.EEXIST)
-            tmp = _tmp_name(parent, "mkdir")
+            tmp = tmp_name(parent, "mkdir")
             os.mkdir(tmp, 0o700)
             try:
-                _write_new(os.path.join(tmp, DIRIV_NAME), os.urandom(DIRIV_SIZE))
+                write_new(os.path.join(tmp, DIRIV_NAME), os.urandom(DIRIV_SIZE))
                 os.rename(tmp, host)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -434,7 +418,7 @@ class EncDir(Owner):
             return all(is_metadata(e.name) for e in it)
 
     def _remove_dir(self, parent: str, host: str) -> None:
-        grave = _tmp_name(parent, "rmdir")
+        grave = tmp_name(parent, "rmdir")
         os.rename(host, grave)
         self._ivs.pop(host, None)
         shutil.rmtree(grave, ignore_errors=True)
@@ -442,7 +426,7 @@ class EncDir(Owner):
     def rmdir(self, path: GuestPath) -> None:
         with self._lock:
             self._writable()
-            parts = _parts(path)
+            parts = parts_of(path)
             if not parts:
                 raise EncDirFsError(errno.EBUSY, "cannot remove the encrypted root")
             parent, host = self._locate(parts)
@@ -466,13 +450,18 @@ class EncDir(Owner):
     def unlink(self, path: GuestPath) -> None:
         with self._lock:
             self._writable()
-            parts = _parts(path)
+            parts = parts_of(path)
             _, host = self._locate(parts)
             s = self._lstat(host)
             if s is None:
                 raise EncDirFsError(errno.ENOENT)
             if not parts or self._kind(s, host) == "dir":
                 raise EncDirFsError(errno.EISDIR)
+            content = self._content(host)
+            if content != host:  # one name of a hard-linked file
+                os.unlink(host)
+                self._drop_link(content)
+                return
             self._forget_path(host)
             os.unlink(host)
 
@@ -481,7 +470,7 @@ class EncDir(Owner):
         empty directory of the same kind)."""
         with self._lock:
             self._writable()
-            sp, dp = _parts(src), _parts(dst)
+            sp, dp = parts_of(src), parts_of(dst)
             if not sp or not dp:
                 raise EncDirFsError(errno.EBUSY)
             _, shost = self._locate(sp)
@@ -493,10 +482,16 @@ class EncDir(Owner):
             if skind == "dir" and dp[: len(sp)] == sp and dp != sp:
                 raise EncDirFsError(errno.EINVAL, "cannot move a directory into itself")
             ds = self._lstat(dhost)
+            scontent = self._content(shost) if skind == "file" else shost
+            dcontent = None  # a hard-linked file losing its name dhost
             if ds is not None:
                 if (ds.st_dev, ds.st_ino) == (ss.st_dev, ss.st_ino):
                     return
                 dkind = self._kind(ds, dhost)
+                if dkind == "file" and (c := self._content(dhost)) != dhost:
+                    if c == scontent:  # two names of one file: nothing to do (POSIX)
+                        return
+                    dcontent = c
                 if skind != "dir" and dkind == "dir":
                     raise EncDirFsError(errno.EISDIR)
                 if skind == "dir" and dkind != "dir":
@@ -507,18 +502,21 @@ class EncDir(Owner):
                     self._remove_dir(dparent, dhost)
                 else:
                     self._forget_path(dhost)
-            if skind == "file":
+            if skind == "file" and scontent != shost:
+                self._rename_entry(scontent, shost, dparent, dhost)
+            elif skind == "file":
                 self._rename_file(shost, dhost)
-                return
-            if skind == "symlink":  # re-sealed under its new name, then the old one goes
+            elif skind == "symlink":  # re-sealed under its new name, then the old one goes
                 self._place_link(dparent, dhost, self._link_target(shost), replace=True)
                 os.unlink(shost)
-                return
-            os.rename(shost, dhost)
-            self._ivs.clear()
-            for state in self._states.values():
-                if state.path.startswith(shost + os.sep):
-                    state.retarget(dhost + state.path[len(shost):])
+            else:
+                os.rename(shost, dhost)
+                self._ivs.clear()
+                for state in self._states.values():
+                    if state.path.startswith(shost + os.sep):
+                        state.retarget(dhost + state.path[len(shost):])
+            if dcontent is not None:
+                self._drop_link(dcontent)
 
     def _rename_file(self, shost: str, dhost: str) -> None:
         """Rename a file, crash-safely re-binding its trailer: first to both names, then the
@@ -542,56 +540,15 @@ class EncDir(Owner):
         """Set access/modification times (None leaves one as it is)."""
         with self._lock:
             self._writable()
-            _, host = self._locate(_parts(path))
-            if self._lstat(host) is None:
+            _, host = self._locate(parts_of(path))
+            s = self._lstat(host)
+            if s is None:
                 raise EncDirFsError(errno.ENOENT)
+            if st.S_ISREG(s.st_mode):
+                host = self._content(host)
             state = self._open_state(host)
             if state is not None:
                 state.commit(durable=False)
             utime(host, atime_ns, mtime_ns)
             if state is not None:
                 state.touched_ns = 0
-
-    def _place_link(self, parent: str, host: str, target: bytes, *, replace: bool) -> None:
-        data = seal_link(self._keys.links, self._diriv(parent), os.path.basename(host), target)
-        tmp = _tmp_name(parent, "link")
-        _write_new(tmp, data)
-        try:
-            if replace:
-                os.rename(tmp, host)
-            else:
-                os.link(tmp, host)  # atomic create-if-absent
-        except FileExistsError:
-            raise EncDirFsError(errno.EEXIST) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-
-    def symlink(self, target: str | bytes, path: GuestPath) -> None:
-        """Create a symlink at ``path`` whose target (stored encrypted and bound to the
-        link's name) is ``target``, as is: it is never resolved here."""
-        with self._lock:
-            self._writable()
-            raw = target.encode("utf-8", "surrogateescape") if isinstance(target, str) \
-                else bytes(target)
-            parts = _parts(path)
-            if not parts:
-                raise EncDirFsError(errno.EEXIST)
-            parent, host = self._locate(parts)
-            if self._lstat(host) is not None:
-                raise EncDirFsError(errno.EEXIST)
-            self._place_link(parent, host, raw, replace=False)
-
-    def readlink(self, path: GuestPath) -> bytes:
-        """The target of the symlink ``path`` (EINVAL when it is not a symlink)."""
-        with self._lock:
-            _, host = self._locate(_parts(path))
-            s = self._lstat(host)
-            if s is None:
-                raise EncDirFsError(errno.ENOENT)
-            if self._kind(s, host) != "symlink":
-                raise EncDirFsError(errno.EINVAL, "not a symlink")
-            return self._link_target(host)
-
-    def link(self, src: GuestPath, dst: GuestPath) -> None:
-        raise EncDirFsError(errno.ENOTSUP, "encrypted directories have no hard links")

@@ -8,14 +8,16 @@ write counter and writes them together with the new trailer. It happens when
 ``close()``.
 
 Crash safety: a commit first writes one redo journal (``<host name>.j``: every
-(offset, bytes) write of the commit plus the final host size, HMAC-authenticated under a
-key derived from the directory key), then updates the file in place, then removes the
-journal. Opening a file whose journal is complete and authentic replays it (replaying is
-idempotent); a journal cut by a crash fails its HMAC, is removed, and the file was never
+(offset, bytes) write of the commit plus the final host size, authenticated with a GMAC tag
+under a key derived from the directory key), then updates the file in place, then
+invalidates the journal (its magic overwritten: cheaper than truncating it, which makes ext4
+flush). Opening a file whose journal is complete and authentic replays it (replaying is
+idempotent); a journal cut by a crash fails its tag, is removed, and the file was never
 touched. So after a crash at any point every file is entirely at its previous or its new
 committed state. Without ``sync()`` a power loss may reorder the host's writes; the result
 is then detected (EIO), not silently wrong. ``sync()`` fsyncs the journal before the file is
-touched and the file before the journal is removed.
+touched and the file before the journal is invalidated. The journal file stays open while
+the file is, and is removed when the file is closed.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from enarx.encdir.keys import DirKeys
 __all__ = ["DIRTY_LIMIT", "EncFile", "FileState", "Node", "Owner", "new_file_bytes", "recover",
            "replayed_image", "utime"]
 
-#: pending blocks (4 KiB each) that trigger a commit
-DIRTY_LIMIT = 256
-_CACHE_LIMIT = 64
-_RUN_LIMIT = 256  # blocks read from the host in one go (1 MiB)
+#: pending blocks that trigger a commit (1 MiB of 64 KiB blocks)
+DIRTY_LIMIT = 16
+_CACHE_LIMIT = 16  # decrypted blocks kept per open file
+_RUN_BYTES = 1 << 20  # read from the host in one go (at least one block)
 _IOV_BATCH = 512  # pieces per pwritev (below every IOV_MAX)
 
 
@@ -67,7 +69,7 @@ def _pread_exact(fd: int, n: int, off: int) -> bytes:
     return out
 
 
-def _pwrite_all(fd: int, data: bytes | list[bytes], off: int) -> None:
+def _pwrite_all(fd: int, data: ff.Buffer | list[ff.Buffer], off: int) -> None:
     """Write all of ``data`` (bytes, or pieces written in order with pwritev) at ``off``."""
     if isinstance(data, list):
         for k in range(0, len(data), _IOV_BATCH):
@@ -88,7 +90,7 @@ def new_file_bytes(keys: DirKeys, host_name: str) -> bytes:
     """The host bytes of a new, empty encrypted file (random id and content key) that will
     live at ``host_name``."""
     file_id = os.urandom(ff.FILE_ID_SIZE)
-    t = ff.Trailer(os.urandom(32), 0, 0, array("Q"), (host_name,))
+    t = ff.Trailer(os.urandom(32), 0, 0, array("Q"), (host_name,), ff.BLOCK, 1)
     return ff.build_prefix(file_id) + ff.seal_trailer(keys.header, file_id, t)
 
 
@@ -156,13 +158,15 @@ class FileState:
         self.writable = writable
         self.lock = lock
         self.refs = 0
-        self._scratch = bytearray()  # see _read_run
+        self._scratch = memoryview(bytearray())  # see _read_run
         self.touched_ns = 0  # when uncommitted writes last changed the file (0: none)
         self.jfd = -1  # the open journal file (see _write_journal) and its path
         self.jpath = ""
+        self.jsize = 0  # its size on the host
+        self.jlive = False  # it holds a commit not yet (known to be) applied
         self.image = image  # read-only, with a pending journal: the replayed host bytes
         head = self._read(ff.PREFIX_SIZE, 0)
-        self.file_id = ff.parse_prefix(head)
+        self.fmt, self.file_id = ff.parse_prefix(head)
         host_size = os.fstat(fd).st_size if image is None else len(image)
         tail = self._read(4, host_size - 4) if host_size >= ff.PREFIX_SIZE + 4 else b""
         if len(tail) != 4:
@@ -170,8 +174,9 @@ class FileState:
         tlen = int.from_bytes(tail, "little")
         if tlen > host_size - ff.PREFIX_SIZE:
             raise EncDirCorrupt("file trailer length is out of range")
-        t = ff.open_trailer(keys.header, self.file_id, self._read(tlen, host_size - tlen))
-        if ff.PREFIX_SIZE + ff.data_host_len(t.length) + tlen != host_size:
+        t = ff.open_trailer(keys.header, self.file_id, self._read(tlen, host_size - tlen),
+                            self.fmt)
+        if ff.PREFIX_SIZE + ff.data_host_len(t.length, t.block) + tlen != host_size:
             raise EncDirCorrupt("file size does not match its trailer (cut or extended)")
         if os.path.basename(path) not in t.names:
             raise EncDirCorrupt("file is not the one its name was given to (moved or swapped "
@@ -182,7 +187,9 @@ class FileState:
         self.length = t.length
         self.counter = t.counter
         self.versions = t.versions
-        self.dirty: dict[int, bytes] = {}
+        self.block = t.block
+        self.nlink = t.nlink
+        self.dirty: dict[int, bytes | bytearray] = {}
         self.cache: dict[int, bytes] = {}
         self.meta_dirty = False
 
@@ -193,10 +200,10 @@ class FileState:
         if self.image is not None:
             return memoryview(self.image)[off: off + n]
         if len(self._scratch) < n:
-            self._scratch = bytearray(n)
-        view = memoryview(self._scratch)[:n]
-        got = 0
-        while got < n:
+            self._scratch = memoryview(bytearray(n))
+        view = self._scratch[:n]
+        got = os.preadv(self.fd, [view], off)
+        while 0 < got < n:  # short (rare on a regular file): the rest
             k = os.preadv(self.fd, [view[got:]], off + got)
             if k <= 0:
                 break
@@ -209,9 +216,9 @@ class FileState:
         return _pread_exact(self.fd, n, off)
 
     def _block_len(self, i: int) -> int:
-        return min(ff.BLOCK, self.length - i * ff.BLOCK)
+        return min(self.block, self.length - i * self.block)
 
-    def _block(self, i: int) -> bytes:
+    def _block(self, i: int) -> bytes | bytearray:
         got = self.dirty.get(i)
         if got is None:
             got = self.cache.get(i)
@@ -221,7 +228,7 @@ class FileState:
         version = self.versions[i]
         if version == 0:
             return bytes(n)
-        sealed = self._read(n + ff.BLOCK_OVERHEAD, ff.block_offset(i))
+        sealed = self._read(n + ff.BLOCK_OVERHEAD, ff.block_offset(i, self.block))
         if len(sealed) != n + ff.BLOCK_OVERHEAD:
             raise EncDirCorrupt(f"block {i} is cut")
         plain = ff.open_block(self.aead, self.file_id, i, version, sealed)
@@ -232,7 +239,7 @@ class FileState:
         self.cache[i] = plain
         return plain
 
-    def _set(self, i: int, plain: bytes) -> None:
+    def _set(self, i: int, plain: bytes | bytearray) -> None:
         self.cache.pop(i, None)
         self.dirty[i] = plain
 
@@ -243,9 +250,10 @@ class FileState:
         want = min(n, self.length - off)
         if want <= 0:
             return b""
-        if off // ff.BLOCK == (off + want - 1) // ff.BLOCK:  # within one block
-            base = off // ff.BLOCK * ff.BLOCK
-            return self._block(off // ff.BLOCK)[off - base: off - base + want]
+        bs = self.block
+        if off // bs == (off + want - 1) // bs:  # within one block
+            base = off // bs * bs
+            return bytes(self._block(off // bs)[off - base: off - base + want])
         buf = bytearray(want)
         self.pread_into(memoryview(buf), off)
         return bytes(buf)
@@ -253,15 +261,27 @@ class FileState:
     def pread_into(self, buf: memoryview, off: int) -> int:
         """Read into ``buf`` from plaintext offset ``off``; returns the bytes read. Whole
         blocks the host holds are decrypted straight into ``buf`` (e.g. guest memory)."""
+        bs = self.block
+        i, within = divmod(off, bs)
+        if not within and len(buf) == bs and off + bs <= self.length and off >= 0 \
+                and i not in self.dirty and i not in self.cache and self.versions[i]:
+            # the sequential-read hot path: one whole block, straight into ``buf``
+            sealed = self._read_run(bs + ff.BLOCK_OVERHEAD, ff.block_offset(i, bs))
+            if len(sealed) != bs + ff.BLOCK_OVERHEAD:
+                raise EncDirCorrupt(f"block {i} is cut")
+            ff.open_run_into(self.aead, self.file_id, i, self.versions, self.length, sealed,
+                             buf, bs)
+            return bs
         if off < 0:
             raise EncDirFsError(errno.EINVAL)
         end = min(self.length, off + len(buf))
         if off >= end:
             return 0
-        first, last = off // ff.BLOCK, (end - 1) // ff.BLOCK
+        first, last = off // bs, (end - 1) // bs
+        run_limit = max(1, _RUN_BYTES // bs)
         i = first
         while i <= last:
-            lo = i * ff.BLOCK
+            lo = i * bs
             hi = lo + self._block_len(i)
             whole = lo >= off and hi <= end
             if not whole or i in self.dirty or i in self.cache or self.versions[i] == 0:
@@ -270,17 +290,17 @@ class FileState:
                 i += 1
                 continue
             j = i  # a run of whole blocks only the host has: one read, decrypted in place
-            while j < last and j - i < _RUN_LIMIT and j + 1 not in self.dirty \
+            while j < last and j - i < run_limit and j + 1 not in self.dirty \
                     and j + 1 not in self.cache and self.versions[j + 1] != 0 \
-                    and (j + 1) * ff.BLOCK + self._block_len(j + 1) <= end:
+                    and (j + 1) * bs + self._block_len(j + 1) <= end:
                 j += 1
-            want = (j - i) * (ff.BLOCK + ff.BLOCK_OVERHEAD) + ff.block_host_len(j, self.length)
-            sealed = self._read_run(want, ff.block_offset(i))
+            want = (j - i) * (bs + ff.BLOCK_OVERHEAD) + ff.block_host_len(j, self.length, bs)
+            sealed = self._read_run(want, ff.block_offset(i, bs))
             if len(sealed) != want:
                 raise EncDirCorrupt(f"blocks {i}..{j} are cut")
-            span = j * ff.BLOCK + self._block_len(j) - lo
+            span = j * bs + self._block_len(j) - lo
             ff.open_run_into(self.aead, self.file_id, i, self.versions, self.length,
-                             sealed, buf[lo - off: lo - off + span])
+                             sealed, buf[lo - off: lo - off + span], bs)
             i = j + 1
         return end - off
 
@@ -295,20 +315,24 @@ class FileState:
         data = bytes(data)
         if not data:
             return 0
+        bs = self.block
         self.touched_ns = time.time_ns()
         end = off + len(data)
         if end > self.length:
             self._resize(end)
         pos = off
         while pos < end:
-            i, within = divmod(pos, ff.BLOCK)
-            take = min(ff.BLOCK - within, end - pos)
+            i, within = divmod(pos, bs)
+            take = min(bs - within, end - pos)
             chunk = data[pos - off: pos - off + take]
             if within == 0 and take == self._block_len(i):
                 self._set(i, chunk)
-            else:
-                blk = self._block(i)
-                self._set(i, blk[:within] + chunk + blk[within + take:])
+            else:  # changed in place: a run of small writes copies the block once
+                blk = self.dirty.get(i)
+                if not isinstance(blk, bytearray):
+                    blk = bytearray(self._block(i))
+                    self._set(i, blk)
+                blk[within: within + take] = chunk
             pos += take
             if len(self.dirty) >= DIRTY_LIMIT:
                 self.commit(durable=False)
@@ -324,16 +348,17 @@ class FileState:
         self.touched_ns = time.time_ns()
         self.meta_dirty = True
         if new > old:
-            if old % ff.BLOCK:  # the old last block grows: re-seal it, zero-filled
-                j = old // ff.BLOCK
+            if old % self.block:  # the old last block grows: re-seal it, zero-filled
+                j = old // self.block
                 blk = self._block(j)
                 self.length = new
                 self._set(j, blk + bytes(self._block_len(j) - len(blk)))
             self.length = new
-            self.versions.extend([0] * (ff.nblocks(new) - len(self.versions)))
+            self.versions.extend([0] * (ff.nblocks(new, self.block) - len(self.versions)))
             return
-        keep = ff.nblocks(new)
-        last = self._block(keep - 1)[: new - (keep - 1) * ff.BLOCK] if new % ff.BLOCK else None
+        keep = ff.nblocks(new, self.block)
+        last = self._block(keep - 1)[: new - (keep - 1) * self.block] \
+            if new % self.block else None
         self.length = new
         del self.versions[keep:]
         for d in (self.dirty, self.cache):
@@ -358,21 +383,28 @@ class FileState:
             return
         counter = self.counter + 1
         versions = array("Q", self.versions)
-        runs: list[tuple[int, list[bytes]]] = []  # contiguous host writes
+        runs: list[tuple[int, list[ff.Buffer]]] = []  # contiguous host writes
         end = -1
-        for i in sorted(self.dirty):
-            versions[i] = counter
-            sealed = ff.seal_block(self.aead, self.file_id, i, counter, self.dirty[i])
-            at = ff.block_offset(i)
-            if at == end:
-                runs[-1][1].append(sealed)
-            else:
-                runs.append((at, [sealed]))
+        order = sorted(self.dirty)
+        k = 0
+        while k < len(order):  # each run of consecutive blocks sealed into one buffer
+            j = k
+            while j + 1 < len(order) and order[j + 1] == order[j] + 1:
+                j += 1
+            for i in order[k: j + 1]:
+                versions[i] = counter
+            sealed = ff.seal_run(self.aead, self.file_id, order[k], counter,
+                                 [self.dirty[i] for i in order[k: j + 1]])
+            at = ff.block_offset(order[k], self.block)
+            runs.append((at, [sealed]))
             end = at + len(sealed)
+            k = j + 1
         trailer = ff.seal_trailer(self.keys.header, self.file_id,
                                   ff.Trailer(self._file_key, self.length, counter, versions,
-                                             self.names))
-        at = ff.PREFIX_SIZE + ff.data_host_len(self.length)
+                                             self.names, self.block, self.nlink))
+        if self.fmt != ff.FORMAT_VERSION:  # a version-1 file: its prefix says version 2 now
+            runs.insert(0, (0, [ff.build_prefix(self.file_id)]))
+        at = ff.PREFIX_SIZE + ff.data_host_len(self.length, self.block)
         if at == end:
             runs[-1][1].append(trailer)
         else:
@@ -386,15 +418,17 @@ class FileState:
             os.ftruncate(self.fd, final)
             if durable:
                 os.fsync(self.fd)
-            if self.jfd >= 0:
-                os.ftruncate(self.jfd, 0)  # applied: nothing to replay
+            if self.jfd >= 0:  # applied: nothing to replay. Its magic goes (one byte, no
+                os.pwrite(self.jfd, b"\0", 0)  # truncate: ext4 flushes files cut to 0)
+                self.jlive = False
         except OSError as e:
             raise EncDirFsError(e.errno or errno.EIO, f"cannot write encrypted file: {e}") from e
         self.counter = counter
         self.versions = versions
+        self.fmt = ff.FORMAT_VERSION
         for i, plain in self.dirty.items():
             if len(self.cache) < _CACHE_LIMIT:
-                self.cache[i] = plain
+                self.cache[i] = bytes(plain)
         self.dirty.clear()
         self.meta_dirty = False
 
@@ -403,9 +437,9 @@ class FileState:
         s = os.fstat(self.fd)
         mtime = max(s.st_mtime_ns, self.touched_ns)
         return Node("file", self.length, mtime, s.st_atime_ns, max(s.st_ctime_ns, mtime),
-                    s.st_ino)
+                    s.st_ino, self.nlink)
 
-    def _write_journal(self, final: int, runs: list[tuple[int, list[bytes]]],
+    def _write_journal(self, final: int, runs: list[tuple[int, list[ff.Buffer]]],
                        durable: bool) -> None:
         """Write the redo journal; the journal file stays open (empty between commits) so a
         commit costs no directory operations."""
@@ -415,8 +449,13 @@ class FileState:
             self.jpath = self.path + ".j"
             self.jfd = os.open(self.jpath, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
                                0o600)
+            self.jsize = 0
+        size = sum(len(memoryview(p)) for p in journal)
+        self.jlive = True
         _pwrite_all(self.jfd, journal, 0)
-        os.ftruncate(self.jfd, sum(map(len, journal)))  # no tail of an older, longer one
+        if size < self.jsize:  # no tail of an older, longer one
+            os.ftruncate(self.jfd, size)
+        self.jsize = size
         if durable:
             os.fsync(self.jfd)
 
@@ -427,7 +466,7 @@ class FileState:
             return
         jfd, self.jfd = self.jfd, -1
         try:
-            if os.fstat(jfd).st_size == 0:
+            if not self.jlive:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.jpath)
         finally:

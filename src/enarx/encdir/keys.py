@@ -28,13 +28,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from enarx.encdir.errors import EncDirCorrupt, EncDirKeyError
 
-__all__ = ["KEY_SIZE", "MARKER_NAME", "DirKeys", "build_marker", "check_marker"]
+__all__ = ["FORMAT_VERSION", "KEY_SIZE", "MARKER_NAME", "DirKeys", "build_marker",
+           "check_marker", "upgrade_patch"]
 
 KEY_SIZE = 32
 #: the file at the root of the host directory that says "this is an encrypted directory"
 MARKER_NAME = ".enarxdir"
 _MAGIC = "enarx-encdir"
-_VERSION = 1
+#: the directory format this version writes; version 1 (no hard links, 4 KiB blocks) is read
+#: too, and upgraded by the first read-write open (see :func:`upgrade_patch`)
+FORMAT_VERSION = 2
+_VERSION = FORMAT_VERSION
+_READS = (1, FORMAT_VERSION)
 _CHECK_MESSAGE = b"enarx encdir key check v1"
 
 
@@ -79,8 +84,9 @@ def build_marker(keys: DirKeys) -> bytes:
     return (json.dumps(doc, sort_keys=True) + "\n").encode()
 
 
-def check_marker(data: bytes, keys: DirKeys) -> None:
-    """Refuse a marker that is not ours, of an unknown version, or made with another key."""
+def check_marker(data: bytes, keys: DirKeys) -> int:
+    """Refuse a marker that is not ours, of an unknown version, or made with another key;
+    return its format version."""
     try:
         doc = json.loads(data)
         magic, version, kcv = doc["magic"], doc["version"], bytes.fromhex(doc["kcv"])
@@ -88,9 +94,22 @@ def check_marker(data: bytes, keys: DirKeys) -> None:
         raise EncDirCorrupt(f"{MARKER_NAME} is not an encrypted-directory marker") from e
     if magic != _MAGIC:
         raise EncDirCorrupt(f"{MARKER_NAME} is not an encrypted-directory marker")
-    if version != _VERSION:
+    if version not in _READS or isinstance(version, bool):
         raise EncDirCorrupt(f"{MARKER_NAME}: unsupported format version {version!r}",
-                            hint=f"this enarx reads version {_VERSION}")
+                            hint=f"this enarx reads versions {_READS[0]} to {_VERSION}; a "
+                                 "newer enarx wrote this directory")
     if not hmac.compare_digest(kcv, keys.check_value()):
         raise EncDirKeyError("the key does not open this encrypted directory (key check "
                              "value mismatch)")
+    return int(version)
+
+
+def upgrade_patch(data: bytes) -> tuple[int, bytes]:
+    """(offset, bytes) that turn a checked version-1 marker into a version-2 one: a one-byte
+    write in place (the marker is also the directory's lock file, so it is not replaced).
+    An older enarx then refuses the directory with "unsupported format version 2" rather
+    than failing on its new files."""
+    at = data.find(b'"version": 1')
+    if at < 0 or data.count(b'"version"') != 1:
+        raise EncDirCorrupt(f"{MARKER_NAME} cannot be upgraded (unexpected layout)")
+    return at + len(b'"version": '), b"2"

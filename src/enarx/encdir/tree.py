@@ -7,7 +7,9 @@ that is renamed into place only when complete: ``dst`` (absent or an empty direc
 either untouched or whole, never half-written. Encrypting converts regular files and
 directories only: a symlink, device or socket in the source is refused (:class:`EncDirFsError`,
 ENOTSUP). Decrypting writes the tree's symlinks (made by a guest) as relative host symlinks;
-their progress counts the target's length, as ``lookup(link).size`` does.
+their progress counts the target's length, as ``lookup(link).size`` does. Hard links are
+kept both ways: names of one source file become names of one encrypted file and back (a
+further name adds no progress: its bytes were counted once).
 """
 
 from __future__ import annotations
@@ -46,12 +48,16 @@ def _finish(tmp: str, dst: str) -> None:
         raise
 
 
-def _plain_walk(src: str) -> tuple[list[str], list[tuple[str, int]]]:
-    """Directories and (file, size) of a plaintext tree, relative, parents first."""
+_Files = list[tuple[str, int, object]]
+
+
+def _plain_walk(src: str) -> tuple[list[str], _Files]:
+    """Directories and (file, size, hard-link key or None) of a plaintext tree, relative,
+    parents first."""
     if not os.path.isdir(src):
         raise EncDirFsError(errno.ENOTDIR, f"{src} is not a directory")
     dirs: list[str] = []
-    files: list[tuple[str, int]] = []
+    files: _Files = []
 
     def walk(rel: str) -> None:
         with os.scandir(os.path.join(src, rel) if rel else src) as it:
@@ -63,7 +69,8 @@ def _plain_walk(src: str) -> tuple[list[str], list[tuple[str, int]]]:
                 dirs.append(path)
                 walk(path)
             elif st.S_ISREG(s.st_mode):
-                files.append((path, s.st_size))
+                files.append((path, s.st_size,
+                              (s.st_dev, s.st_ino) if s.st_nlink > 1 else None))
             else:
                 raise EncDirFsError(errno.ENOTSUP, f"{os.path.join(src, path)} is not a "
                                     "regular file or directory (symlinks are not supported)")
@@ -99,7 +106,12 @@ def _encrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
         try:
             for d in dirs:
                 enc.mkdir(d)
-            for rel, _ in files:
+            named: dict[object, str] = {}
+            for rel, _, same in files:
+                if same is not None and same in named:  # a further name of a file done
+                    enc.link(named[same], rel)
+                    continue
+                named[same] = rel
                 path = os.path.join(src, rel)
                 with open(path, "rb") as inp, enc.open_file(rel, create=True, excl=True) as out:
                     off = 0
@@ -137,9 +149,9 @@ def _stays_inside(depth: int, target: bytes) -> bool:
     return True
 
 
-def _enc_walk(enc: EncDir) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+def _enc_walk(enc: EncDir) -> tuple[list[str], _Files, list[str]]:
     dirs: list[str] = []
-    files: list[tuple[str, int]] = []
+    files: _Files = []
     links: list[str] = []
 
     def walk(rel: str) -> None:
@@ -151,7 +163,8 @@ def _enc_walk(enc: EncDir) -> tuple[list[str], list[tuple[str, int]], list[str]]
             elif kind == "symlink":
                 links.append(path)
             else:
-                files.append((path, enc.lookup(path).size))
+                node = enc.lookup(path)
+                files.append((path, node.size, node.ino if node.nlink > 1 else None))
 
     walk("")
     return dirs, files, links
@@ -174,8 +187,13 @@ def _decrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
             os.mkdir(tmp, 0o700)
             for d in dirs:
                 os.mkdir(os.path.join(tmp, d), 0o700)
-            for rel, _ in files:
+            named: dict[object, str] = {}
+            for rel, _, same in files:
                 out_path = os.path.join(tmp, rel)
+                if same is not None and same in named:  # a further name of a file done
+                    os.link(named[same], out_path)
+                    continue
+                named[same] = out_path
                 fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as out, enc.open_file(rel) as inp:
                     off = 0

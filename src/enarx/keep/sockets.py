@@ -21,6 +21,7 @@ from enarx.config import ConnectFile, ListenFile
 from enarx.errors import ResourceError
 from enarx.keep import tls
 from enarx.keep.tls import KeepIdentity
+from enarx.vm import guestnet
 from enarx.wasi.abi import WasiError
 from enarx.wasi.fdtable import Handle
 from enarx.wasi.sockets import TcpListener, TcpStream, TlsStream
@@ -61,10 +62,13 @@ def _say(line: str) -> None:
 def _listen(
     entry: ListenFile, where: str, base_dir: str, ident: KeepIdentity | None
 ) -> Handle:
-    port = entry.effective_port
+    # In a VM Keep the host's port forward binds entry.addr (and picks the port of a
+    # `port = 0` listener); the VM listens on its own address, on the forwarded port.
+    port = guestnet.listen_port(where, entry.effective_port)
+    bind_addr = guestnet.listen_addr(entry.addr)
     try:
         infos = socket.getaddrinfo(
-            entry.addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            bind_addr or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except socket.gaierror as e:
         raise ResourceError(
@@ -96,6 +100,8 @@ def _listen(
             }.get(e.errno or 0),
         ) from None
     host, bound = sock.getsockname()[:2]
+    if bind_addr != entry.addr:  # a VM Keep: name the host address the forward listens on
+        host = guestnet.shown_addr(entry.addr)
     ctx = None
     if ident is not None and entry.prot == "tls":
         try:
@@ -120,7 +126,7 @@ def _connect(
     trust = entry.trust if entry.trust == "system" else _path(entry.trust, base_dir)
     ctx = (tls.client_context(where, ident, trust)
            if ident is not None and entry.prot == "tls" else None)
-    sock = _dial(entry.host, entry.port, where)
+    sock = _dial(entry.host, entry.port, where, guestnet.connect_host(entry.host))
     if ctx is None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return TcpStream(sock)
@@ -144,9 +150,11 @@ def _connect(
         ) from None
 
 
-def _dial(host: str, port: int, where: str) -> socket.socket:
+def _dial(host: str, port: int, where: str, dial: str) -> socket.socket:
+    """Connect to ``host`` at ``dial`` (``host`` itself, or the host's loopback as a VM Keep
+    sees it: vm/guestnet.py)."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(dial, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise ResourceError(
             f"{where}: cannot resolve {host!r}: {e.strerror}",

@@ -92,7 +92,7 @@ class DrawbridgeSource:
         self.spec = spec
         self.client = DrawbridgeClient(
             spec.base_url, token=opts.token_for(spec.host), verify=opts.verify(),
-            transport=opts.transport, timeout=opts.timeout)
+            transport=opts.http_transport(), timeout=opts.timeout)
 
     def resolve(self, signer: Any = None) -> Resolved:
         s = self.spec
@@ -162,7 +162,7 @@ class UrlSource:
         from enarx.package.drawbridge import RegistryError, RegistryRefused
 
         try:
-            with httpx.Client(verify=self.opts.verify(), transport=self.opts.transport,
+            with httpx.Client(verify=self.opts.verify(), transport=self.opts.http_transport(),
                               timeout=self.opts.timeout, follow_redirects=False) as c, \
                     c.stream("GET", self.spec.url) as r:
                 if r.status_code != 200:

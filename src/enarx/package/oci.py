@@ -82,7 +82,7 @@ def client_for(spec: Spec, opts: ClientOptions | None = None, *,
     token = opts.token_for(spec.host)
     auth = (os.environ.get(USERNAME_ENV) or "enarx", token) if token else None
     return OciClient(spec.host, plain_http=spec.plain_http, verify=opts.verify(), auth=auth,
-                     transport=transport or opts.transport, timeout=opts.timeout)
+                     transport=transport or opts.http_transport(), timeout=opts.timeout)
 
 
 def open_source(spec: Spec, opts: ClientOptions | None = None) -> OciSource:

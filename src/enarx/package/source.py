@@ -54,6 +54,15 @@ class ClientOptions:
                 raise UsageError(f"cannot load the CA bundle {self.ca_bundle}: {e}") from None
         return True
 
+    def http_transport(self) -> httpx.BaseTransport | None:
+        """``transport``; else, inside a VM Keep, one that reaches loopback registries at the
+        host's loopback (vm/guestnet.py); else None (httpx's default)."""
+        if self.transport is not None:
+            return self.transport
+        from enarx.vm.guestnet import httpx_transport
+
+        return httpx_transport(self.verify())
+
     def token_for(self, host: str) -> str | None:
         return self.token or registry_token(host, helper=self.credential_helper)
 

@@ -40,10 +40,14 @@ def get(name: str) -> Backend:
     return backend
 
 
-def select(name: str | None) -> Backend:
-    """The named backend (which must be available), or the first available by default."""
+def select(name: str | None, *, firmware: str | None = None) -> Backend:
+    """The named backend (which must be available), or the first available by default.
+
+    ``firmware`` (``enarx run --firmware``) goes to sev-snp/tdx, for a launch on a host."""
     if name:
         backend = get(name)
+        if firmware is not None:
+            backend.use_firmware(firmware)
         failed = [c for c in backend.probe() if not c.passed]
         if failed:
             raise BackendUnavailable(
@@ -56,6 +60,11 @@ def select(name: str | None) -> Backend:
             backend = get(candidate)
         except BackendUnavailable:
             continue
+        if firmware is not None and candidate in ("sev-snp", "tdx"):
+            backend.use_firmware(firmware)
         if backend.available():
             return backend
+    if firmware is not None:
+        raise UsageError("--firmware: no sev-snp or tdx host launch is possible here",
+                         hint="see `enarx platform info`; drop --firmware")
     return get("nil")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Backend", "Check", "Evidence"]
 
@@ -60,6 +61,23 @@ class Backend(ABC):
 
     def available(self) -> bool:
         return all(c.passed for c in self.probe())
+
+    def vm_mode(self) -> str | None:
+        """The VM mode (``enarx.vm.qemu.MODES``) enarx boots for each workload on this backend,
+        or None when the workload runs in this process (nil, sim, inside a TEE guest)."""
+        return None
+
+    def use_firmware(self, path: str) -> None:
+        """``--firmware``: only the sev-snp and tdx host launches take one."""
+        from enarx.errors import UsageError
+
+        raise UsageError(f"--firmware applies to sev-snp and tdx host launches, not to the "
+                         f"{self.name} backend", hint="drop --firmware")
+
+    def info(self) -> tuple[list[Check], dict[str, Any]]:
+        """`enarx platform info`: the probe's rows (plus informational ones) and facts for
+        ``--json``. Unlike ``probe()`` this may be slower (it never builds or boots)."""
+        return self.probe(), {}
 
     def evidence(self, report_data: bytes) -> Evidence:
         """Hardware evidence binding ``report_data`` (64 bytes). Raises EvidenceError."""

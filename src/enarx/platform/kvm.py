@@ -49,10 +49,12 @@ class KvmBackend(Backend):
     confidential = False
     warning = "kvm: the host can read the Keep's memory; this is not confidential"
 
-    def probe(self) -> list[Check]:
-        from enarx.vm.launcher import cached_probe, qemu_version
+    def vm_mode(self) -> str | None:
+        return "kvm"  # the launcher picks -accel kvm or TCG (choose_accel)
 
-        version = qemu_version()
+    def _accel(self) -> tuple[Check, str, dict[str, str] | None]:
+        from enarx.vm.launcher import cached_probe
+
         kvm = node_check(self, "/dev/kvm", "enable virtualization in firmware and load kvm_intel "
                          "or kvm_amd", rw=True)
         probe = cached_probe()
@@ -64,14 +66,50 @@ class KvmBackend(Backend):
             accel = f"KVM ({probe.get('why')}, QEMU {probe.get('qemu')})"
         else:
             accel = f"TCG fallback: {probe.get('why')} (QEMU {probe.get('qemu')})"
+        return kvm, accel, probe
+
+    def probe(self) -> list[Check]:
+        return self._rows()[0]
+
+    def _rows(self) -> tuple[list[Check], str | None, dict[str, str] | None]:
+        from enarx.platform.launchmode import MIN_QEMU, qemu_too_old
+        from enarx.vm.launcher import qemu_version
+
+        version = qemu_version()
+        old = qemu_too_old("kvm", version)
+        kvm, accel, probe = self._accel()
+        need = ".".join(map(str, MIN_QEMU["kvm"]))
         return [
-            Check("qemu-system-x86_64", version is not None,
-                  f"QEMU {version}" if version else "not found", "install qemu-system-x86"),
+            Check("qemu-system-x86_64", old is None,
+                  "not found" if version is None else old or f"QEMU {version}",
+                  f"install qemu-system-x86 ({need} or newer)"),
             # Informational: without KVM the VM Keep still runs, under TCG emulation.
             Check("/dev/kvm", True, kvm.detail + ("" if kvm.passed else ": TCG fallback"), kvm.hint),
             Check("vm accelerator", True, accel,
                   "delete ~/.cache/enarx/vm/kvm-probe.json to probe again"),
-        ]
+        ], version, probe
+
+    def info(self) -> tuple[list[Check], dict[str, object]]:
+        """Also the Keep image's status (hashes the inputs; never builds or boots)."""
+        from enarx.vm.image import image_status
+
+        rows, version, probe = self._rows()
+        status = image_status()
+        state = str(status["state"])
+        if state == "ready":
+            detail = (f"built: initramfs {int(status['initrd_size']) / 2**20:.1f} MiB, "
+                      f"key {str(status['key'])[:16]}… in {status['directory']}")
+        elif state == "not built":
+            detail = f"not built yet (key {str(status['key'])[:16]}…)"
+        else:
+            detail = f"inputs missing: {status.get('detail')}"
+        rows.append(Check("keep image", state != "inputs missing", detail,
+                          str(status.get("hint") or "`enarx keep image build`")))
+        forced = os.environ.get("ENARX_VM_ACCEL")
+        uses = (forced if forced in ("kvm", "tcg") else "tcg" if "TCG" in rows[1].detail
+                else str(probe.get("accel")) if probe else "not probed yet")
+        return rows, {"qemu": version, "kvm_device": rows[1].detail, "accelerator": uses,
+                      "accelerator_detail": rows[2].detail, "probe": probe, "image": status}
 
     def available(self) -> bool:
         """Default selection only when KVM itself boots the image (a cached probe said so);

@@ -10,14 +10,22 @@ State (keys 0600, directory 0700, every write atomic) lives in ``$ENARX_SIM_DIR`
 user's state directory, so a steward can keep trusting the same ARK across runs; RSA-4096
 generation is slow, so it happens once. The VCEK key is derived from a chip secret and the
 TCB, like AMD's, so changing the TCB yields a different VCEK (issued on demand, cached).
+
+A sim VM Keep (``enarx run --backend sim --vm``) plays the PSP on the host: the launcher
+hands the guest this chip's signing material without the CA keys (:meth:`chip_material`) and
+the launch it measured; the agent installs both in a fresh state directory
+(:func:`install_chip`: ``launch.json`` holds MEASUREMENT and HOST_DATA), and the sim inside
+the VM signs reports carrying them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import fcntl
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -41,7 +49,8 @@ from enarx.fsutil import atomic_write, ensure_private_dir, state_dir
 from enarx.platform.base import Backend, Check, Evidence
 
 __all__ = [
-    "DEFAULT_MEASUREMENT", "DEFAULT_POLICY", "DEFAULT_TCB", "SimBackend", "default_state_dir",
+    "DEFAULT_MEASUREMENT", "DEFAULT_POLICY", "DEFAULT_TCB", "LAUNCH_FILE", "SimBackend",
+    "default_state_dir", "install_chip",
 ]
 
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
@@ -51,6 +60,8 @@ _ORG = "enarx simulator (NOT AMD, NOT CONFIDENTIAL)"
 DEFAULT_TCB: dict[str, int] = {"bootloader": 4, "tee": 0, "snp": 24, "microcode": 219, "fmc": 1}
 DEFAULT_POLICY = 0x30000  # SMT allowed, reserved bit 17 set, not debuggable
 DEFAULT_MEASUREMENT = hashlib.sha384(b"enarx sim launch measurement").digest()
+#: In the state directory: the launch a sim VM Keep's host measured (MEASUREMENT, HOST_DATA).
+LAUNCH_FILE = "launch.json"
 
 
 def default_state_dir() -> Path:
@@ -69,12 +80,12 @@ class SimBackend(Backend):
         root: Path | None = None,
         *,
         product: str = "Milan",
-        measurement: bytes = DEFAULT_MEASUREMENT,
+        measurement: bytes | None = None,
         tcb: dict[str, int] | None = None,
         policy: int = DEFAULT_POLICY,
         vmpl: int = 0,
         guest_svn: int = 0,
-        host_data: bytes = bytes(32),
+        host_data: bytes | None = None,
     ) -> None:
         super().__init__(root)
         if product not in _CPUID:
@@ -82,16 +93,17 @@ class SimBackend(Backend):
                                 hint=f"use one of {', '.join(_CPUID)}")
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.product = product
-        self.measurement = measurement
+        #: None: the state directory's launch.json (a sim VM Keep), else the defaults
+        self._explicit = (measurement, host_data)
+        self.measurement = measurement if measurement is not None else DEFAULT_MEASUREMENT
         self.tcb = dict(tcb if tcb is not None else DEFAULT_TCB)
         self.policy = policy
         self.vmpl = vmpl
         self.guest_svn = guest_svn
-        self.host_data = host_data
+        self.host_data = host_data if host_data is not None else bytes(32)
         #: KEY_INFO word; 0 = signed by the VCEK (tests may set 4 = "VLEK" to probe checks)
         self.key_info = 0
-        self._ark_key: rsa.RSAPrivateKey | None = None
-        self._ask_key: rsa.RSAPrivateKey | None = None
+        self._ca_keys: dict[str, rsa.RSAPrivateKey] = {}
         self._secret: bytes | None = None
 
     # --- Backend interface ----------------------------------------------------------------
@@ -165,10 +177,13 @@ class SimBackend(Backend):
         out = body + sig
         return out + bytes(REPORT_SIZE - len(out))
 
+    def _vcek_path(self) -> Path:
+        return self.state_dir / f"vcek-{self.product.lower()}-{self.tcb_raw():016x}.der"
+
     def vcek_der(self) -> bytes:
         """The VCEK for the current product and TCB (issued once, then cached on disk)."""
         self._ensure()
-        path = self.state_dir / f"vcek-{self.product.lower()}-{self.tcb_raw():016x}.der"
+        path = self._vcek_path()
         if path.exists():
             return path.read_bytes()
         der = self.issue_vcek()
@@ -186,10 +201,9 @@ class SimBackend(Backend):
         """A DER CRL signed by the sim ARK (or ASK) listing ``revoked`` serial numbers."""
         self._ensure()
         key, cert = (
-            (self._ark_key, self._ark_cert()) if issuer == "ark"
-            else (self._ask_key, self._ask_cert())
+            (self._ca_key("ark"), self._ark_cert()) if issuer == "ark"
+            else (self._ca_key("ask"), self._ask_cert())
         )
-        assert key is not None
         now = dt.datetime.now(dt.UTC)
         b = (x509.CertificateRevocationListBuilder()
              .issuer_name(cert.subject)
@@ -217,12 +231,41 @@ class SimBackend(Backend):
             with _locked(d / ".lock"):
                 if not (d / "ask.pem").exists():
                     self._generate()
-            self._ark_key = _load_key(d / "ark.key")
-            self._ask_key = _load_key(d / "ask.key")
-            self._secret = (d / "chip.secret").read_bytes()
+            secret = (d / "chip.secret").read_bytes()
+            launch = _read_launch(d / LAUNCH_FILE)
         except OSError as exc:
             raise EvidenceError(f"sim state in {d} is not usable: {exc}",
                                 hint="set ENARX_SIM_DIR to a writable directory") from None
+        if launch is not None:
+            measurement, host_data = self._explicit
+            self.measurement = launch[0] if measurement is None else measurement
+            self.host_data = launch[1] if host_data is None else host_data
+        self._secret = secret
+
+    def _ca_key(self, which: str) -> rsa.RSAPrivateKey:
+        """The ARK or ASK private key: only to issue VCEKs and CRLs (a sim VM Keep's guest
+        has none; it signs with the VCEK the host issued)."""
+        self._ensure()
+        if which in self._ca_keys:
+            return self._ca_keys[which]
+        path = self.state_dir / f"{which}.key"
+        try:
+            key = self._ca_keys[which] = _load_key(path)
+            return key
+        except OSError as exc:
+            raise EvidenceError(f"sim: {path} is not readable: {exc.strerror}",
+                                hint="this sim state holds no CA keys (a VM Keep's copy); "
+                                "issue VCEKs and CRLs on the host") from None
+
+    def chip_material(self) -> dict[str, str]:
+        """This chip's signing material for a sim VM Keep's guest: the chip secret, the
+        current VCEK and the ARK/ASK certificates; never the CA keys."""
+        self._ensure()
+        assert self._secret is not None
+        return {"product": self.product, "chip_secret": base64.b64encode(self._secret).decode(),
+                "vcek": base64.b64encode(self.vcek_der()).decode(),
+                "ark": self.ark_pem().decode(),
+                "ask": (self.state_dir / "ask.pem").read_text()}
 
     def _generate(self) -> None:
         d = self.state_dir
@@ -260,7 +303,7 @@ class SimBackend(Backend):
         return ec.derive_private_key(int.from_bytes(seed, "big") % (order - 1) + 1, ec.SECP384R1())
 
     def _issue_vcek(self, tcb: dict[str, int] | None, hw_id: bytes | None) -> x509.Certificate:
-        assert self._ask_key is not None
+        ask_key = self._ca_key("ask")
         claimed = tcb if tcb is not None else self.tcb
         turin = self.product == "Turin"
         now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
@@ -284,7 +327,7 @@ class SimBackend(Backend):
             b = b.add_extension(
                 x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False
             )
-        return b.sign(self._ask_key, hashes.SHA384(), rsa_padding=_PSS)
+        return b.sign(ask_key, hashes.SHA384(), rsa_padding=_PSS)
 
 
 def _name(cn: str) -> x509.Name:
@@ -340,3 +383,40 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _read_launch(path: Path) -> tuple[bytes, bytes] | None:
+    try:
+        doc = json.loads(path.read_text())
+        out = bytes.fromhex(doc["measurement"]), bytes.fromhex(doc["host_data"])
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise EvidenceError(f"sim: {path} is not a launch record",
+                            hint="delete it; the VM agent writes it") from None
+    if len(out[0]) != 48 or len(out[1]) != 32:
+        raise EvidenceError(f"sim: {path}: MEASUREMENT must be 48 bytes and HOST_DATA 32",
+                            hint="delete it; the VM agent writes it")
+    return out
+
+
+def install_chip(state_dir: Path, material: dict[str, str], *, measurement: bytes,
+                 host_data: bytes) -> None:
+    """Inside a sim VM Keep: make ``state_dir`` a sim state signing as the host's chip (from
+    :meth:`SimBackend.chip_material`) with the launch the host measured."""
+    if len(measurement) != 48 or len(host_data) != 32:
+        raise EvidenceError("sim launch: MEASUREMENT must be 48 bytes and HOST_DATA 32")
+    try:
+        secret = base64.b64decode(material["chip_secret"], validate=True)
+        vcek = base64.b64decode(material["vcek"], validate=True)
+        ark, ask, product = material["ark"], material["ask"], material["product"]
+    except (KeyError, TypeError, ValueError):
+        raise EvidenceError("sim launch: the chip material is incomplete") from None
+    ensure_private_dir(state_dir)
+    atomic_write(state_dir / "chip.secret", secret, mode=0o600)
+    atomic_write(state_dir / "ark.pem", ark.encode(), mode=0o644)
+    atomic_write(state_dir / "ask.pem", ask.encode(), mode=0o644)
+    # the guest's sim has the host's product and TCB, so it looks for the same VCEK name
+    atomic_write(SimBackend(state_dir, product=product)._vcek_path(), vcek, mode=0o644)
+    atomic_write(state_dir / LAUNCH_FILE, json.dumps(
+        {"measurement": measurement.hex(), "host_data": host_data.hex()}).encode(), mode=0o644)

@@ -45,6 +45,7 @@ from enarx.steward.rules import (
     SnpSection,
     TdxSection,
     abi_matches,
+    check_launch_binding,
     check_sgx,
     check_snp,
     check_tdx,
@@ -161,6 +162,9 @@ class StewardPolicy(_Section):
         doc = json.loads(self.model_dump_json())
         if not doc["workload"]["signers"]:
             del doc["workload"]["signers"]  # ids of policies without signers stay as they were
+        for sec, key in (("snp", "host_data"), ("tdx", "mrconfigid")):  # the same for these
+            if isinstance(doc.get(sec), dict) and doc[sec].get(key) == "if-set":
+                del doc[sec][key]
         return "sha256:" + hashlib.sha256(rfc8785.dumps(doc)).hexdigest()
 
     @property
@@ -267,6 +271,11 @@ def appraise(
             check_sgx(policy.sgx, evidence, c)
         elif kind == "tdx":
             check_tdx(policy.tdx, evidence, c)
+        if want in ("snp", "tdx"):
+            sec = policy.snp if want == "snp" else policy.tdx
+            mode = ("if-set" if sec is None else
+                    sec.host_data if isinstance(sec, SnpSection) else sec.mrconfigid)
+            check_launch_binding(want, mode, evidence, workload if workload_bound else None, c)
     allowed = policy.workload.allow
     if allowed is not None:
         if not workload_bound:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from enarx.attestation.result import TcbStatus, VerifiedEvidence
+from enarx.workload import HOST_DATA_SIZE, MRCONFIGID_SIZE, launch_binding
 
 __all__ = [
     "Checks",
@@ -24,11 +25,19 @@ __all__ = [
     "SnpSection",
     "TdxSection",
     "abi_matches",
+    "check_launch_binding",
     "check_sgx",
     "check_snp",
     "check_tdx",
     "show",
 ]
+
+#: How ``[snp] host_data`` / ``[tdx] mrconfigid`` treat the launch field the host sets:
+#: "workload" = must be the workload's binding (``enarx.workload.launch_binding``);
+#: "if-set" (default) = must be when it is not all zero and the Keep claims a workload (a
+#: Keep launched without one, or a guest that claims none, e.g. a Trustee guest whose
+#: HOST_DATA is its init-data digest, passes); "ignore" = not checked.
+BindingMode = Literal["workload", "if-set", "ignore"]
 
 _ABI_RE = re.compile(r"^\s*(>=|<=|>|<|=|\^|~)?\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?\s*$")
 
@@ -115,6 +124,8 @@ class SnpSection(_Measured):
     policy_flags: list[Literal["SMT", "SingleSocket", "Debug"]] | None = None
     platform_info_flags: Literal["SME", "TSME"] | None = None
     min_tcb: dict[str, int] = Field(default_factory=dict)
+    #: HOST_DATA vs the workload identity the Keep claims (see :data:`BindingMode`)
+    host_data: BindingMode = "if-set"
 
     @field_validator("signer", "hash", "hash_blacklist", "id_key_digest",
                      "id_key_digest_blacklist")
@@ -171,6 +182,8 @@ class TdxSection(_Tcb):
     rtmr1: list[str] | None = None
     rtmr2: list[str] | None = None
     rtmr3: list[str] | None = None
+    #: MRCONFIGID vs the workload identity the Keep claims (see :data:`BindingMode`)
+    mrconfigid: BindingMode = "if-set"
 
     @field_validator("hash", "hash_blacklist", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
     @classmethod
@@ -348,3 +361,31 @@ def check_tdx(sec: TdxSection | None, ev: VerifiedEvidence, c: Checks) -> None:
         have = ev.rtmrs[i] if i < len(ev.rtmrs) else b""
         if allowed is not None and not _in(have, allowed):
             c.fail("executables", f"tdx.rtmr{i}", f"RTMR{i} not allowed", allowed, have)
+
+
+def check_launch_binding(platform: str, mode: BindingMode, ev: VerifiedEvidence,
+                         workload: str | None, c: Checks) -> None:
+    """SNP HOST_DATA / TDX MRCONFIGID: the host-set launch field must be the binding of the
+    workload identity the Keep claims in its runtime data (``enarx.workload.launch_binding``),
+    so a Keep cannot present another workload's launch. Rule ``snp.host_data`` or
+    ``tdx.mrconfigid``."""
+    if mode == "ignore":
+        return
+    if platform == "snp":
+        rule, what, size, have = "snp.host_data", "HOST_DATA", HOST_DATA_SIZE, ev.host_data
+    else:
+        raw = ev.attributes.get("mr_config_id", b"")
+        rule, what, size = "tdx.mrconfigid", "MRCONFIGID", MRCONFIGID_SIZE
+        have = bytes.fromhex(raw) if isinstance(raw, str) else bytes(raw)
+    if mode == "if-set" and (not any(have) or workload is None):
+        return
+    if workload is None:
+        c.fail("file-system", rule, f"the policy requires {what} to bind a workload, but "
+               "the evidence binds none", "a workload identity in the runtime data", have)
+        return
+    want = launch_binding(workload, size)
+    if not hmac.compare_digest(have, want):
+        c.fail("file-system", rule,
+               f"{what} is not the binding of the workload identity the Keep claims"
+               + (" (the Keep was launched without one)" if not any(have) else ""),
+               want, have)

@@ -24,6 +24,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from enarx.errors import EnarxError
+from enarx.vm.shares import inner_dir_args, mount_all, write_keys
+from enarx.vm.simlaunch import prepare_inner, steward_args
+
 __all__ = ["FRAME_LIMIT", "PORT_NAME", "encode", "main", "read_frame"]
 
 PORT_NAME = "org.enarx.agent"
@@ -107,10 +111,17 @@ class _Port:
 #: What the inner `enarx run --backend nil` prints first on stderr (platform/nil.py).
 _INNER_WARNING = (b"warning: nil backend: the workload is NOT confidential; the host can read "
                   b"and change its memory\n")
+#: ... and the inner `--backend sim` of a sim VM Keep (platform/sim.py).
+_SIM_WARNING = (b"warning: sim backend: evidence is signed by a locally made test chain; "
+                b"NOT confidential\n")
 
 
 def _command(req: dict[str, Any], module: str, config: str | None) -> list[str]:
-    argv = [sys.executable, "-m", "enarx.cli.main", "run", "--backend", "nil", "--no-cache"]
+    # An SNP/TDX host launch (vm/hostlaunch.py): that backend, here in guest mode.
+    inner = req.get("backend") if req.get("backend") in ("sev-snp", "tdx") else "nil"
+    if isinstance(req.get("sim"), dict):  # a sim VM Keep (vm/simlaunch.py)
+        inner = "sim"
+    argv = [sys.executable, "-m", "enarx.cli.main", "run", "--backend", inner, "--no-cache"]
     if config is not None:
         argv += ["--wasmcfgfile", config]
     for key, value in req.get("env", []):
@@ -123,7 +134,26 @@ def _command(req: dict[str, Any], module: str, config: str | None) -> list[str]:
         argv += ["--fuel", str(req["fuel"])]
     if not req.get("fd_env", True):
         argv.append("--no-fd-env")
+    argv += inner_dir_args(req.get("dirs"))  # shares mounted by serve() (vm/shares.py)
+    argv += steward_args(req.get("steward"), os.path.dirname(module))  # vm/simlaunch.py
     return [*argv, "--", module, *req.get("args", [])]
+
+
+def _net_env(net: Any, workdir: str) -> dict[str, str] | None:
+    """The inner run's environment with networking (request key ``net``, vm/network.py):
+    the host's loopback address for the Keep's clients (vm/guestnet.py), and the PEM files
+    its socket entries name written where Enarx.toml expects them. None: no NIC."""
+    if not isinstance(net, dict):
+        return None
+    for name, text in (net.get("files") or {}).items():
+        path = os.path.join(workdir, os.path.expanduser(str(name)))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(str(text))
+    from enarx.vm.guestnet import HOST_LOOPBACK, HOST_LOOPBACK_ENV, LISTEN_PORTS_ENV
+
+    return {**os.environ, HOST_LOOPBACK_ENV: str(net.get("host_loopback") or HOST_LOOPBACK),
+            LISTEN_PORTS_ENV: json.dumps(net.get("picked") or {})}
 
 
 def _feed_stdin(port: _Port, child: subprocess.Popen[bytes]) -> None:
@@ -160,8 +190,31 @@ def serve(port: _Port, workdir: str) -> int:
         config = os.path.join(workdir, "Enarx.toml")
         with open(config, "w", encoding="utf-8") as f:
             f.write(req["config"])
-    child = subprocess.Popen(_command(req, module, config), cwd=workdir, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        mount_all(req.get("dirs"))
+        write_keys(req.get("dirs"), workdir)
+    except OSError as e:
+        port.send(b"e", f"error: VM Keep: {e.strerror}\nhint: the image's kernel needs its "
+                  "9p modules: `enarx keep image build --force`\n".encode())
+        port.send(b"X", json.dumps({"code": 3}).encode())
+        return 0
+    env = _net_env(req.get("net"), workdir)
+    try:  # the steward's CA, the sim chip and launch (vm/simlaunch.py)
+        if attest_env := prepare_inner(req, workdir):
+            env = {**(env or os.environ), **attest_env}
+    except (OSError, ValueError, KeyError, EnarxError) as e:
+        port.send(b"e", f"error: VM Keep: cannot prepare attestation: {e}\nhint: rebuild the "
+                  "image (`enarx keep image build --force`)\n".encode())
+        port.send(b"X", json.dumps({"code": 3}).encode())
+        return 0
+    argv = _command(req, module, config)
+    if req.get("mode") == "deploy":  # `enarx deploy --backend kvm` (vm/vmdeploy.py)
+        from enarx.vm.vmdeploy import inner_command
+
+        argv, deploy_env = inner_command(req, workdir)
+        env = {**(env or os.environ), **deploy_env}
+    child = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     threading.Thread(target=_feed_stdin, args=(port, child), daemon=True).start()
     sel = selectors.DefaultSelector()
     assert child.stdout is not None and child.stderr is not None
@@ -171,16 +224,17 @@ def serve(port: _Port, workdir: str) -> int:
     # The inner run is `--backend nil` only as the VM's runtime: the host already printed the
     # kvm backend's warning, so the inner nil warning (always its first stderr line) is
     # dropped; every other byte passes through unchanged.
+    warning = _SIM_WARNING if isinstance(req.get("sim"), dict) else _INNER_WARNING
     pending: bytes | None = b""
     while open_streams:
         for key, _ in sel.select():
             data = os.read(key.fd, _CHUNK)
             if data and key.data == b"e" and pending is not None:
                 pending += data
-                if len(pending) < len(_INNER_WARNING) and _INNER_WARNING.startswith(pending):
+                if len(pending) < len(warning) and warning.startswith(pending):
                     continue  # not enough bytes yet to tell
-                if pending.startswith(_INNER_WARNING):
-                    pending = pending[len(_INNER_WARNING):]
+                if pending.startswith(warning):
+                    pending = pending[len(warning):]
                 data, pending = pending, None
                 if not data:
                     continue

@@ -65,9 +65,13 @@ KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initramfs.img"
 MANIFEST_NAME = "manifest.json"
 #: Third-party modules `enarx run` imports, with and without an Enarx.toml (checked by
-#: listing ``sys.modules`` after a run); the pydantic ones are for the config.
-SITE_PACKAGES = ("annotated_types", "certifi", "click", "pydantic", "pydantic_core",
-                 "typing_extensions", "typing_inspection", "wasmtime")
+#: listing ``sys.modules`` after a run); the pydantic ones are for the config, cryptography
+#: (+ cffi's backend) for TLS listeners and evidence, httpx and its stack for the steward and
+#: package fetches, cbor2/rfc8785 for evidence and runtime-data encodings.
+SITE_PACKAGES = ("_cffi_backend", "annotated_types", "anyio", "cbor2", "certifi", "click",
+                 "cryptography", "h11", "httpcore", "httpx", "idna", "pydantic",
+                 "pydantic_core", "rfc8785", "typing_extensions",
+                 "typing_inspection", "wasmtime")
 #: Kernel modules, in dependency order (insmod has no resolver).
 MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -86,6 +90,9 @@ MODULES = (
     "kernel/net/9p/9pnet.ko",
     "kernel/net/9p/9pnet_virtio.ko",
     "kernel/fs/9p/9p.ko",
+    # /dev/sev-guest: SNP evidence when the image is launched as an SNP guest (hostlaunch);
+    # elsewhere insmod fails quietly (no SNP) and nothing changes.
+    "kernel/drivers/virt/coco/sev-guest/sev-guest.ko",
 )
 BUSYBOX_APPLETS = ("cat", "echo", "insmod", "ip", "ln", "ls", "mkdir", "mount", "poweroff",
                    "sh", "sleep", "umount")

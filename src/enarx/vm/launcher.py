@@ -20,13 +20,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enarx.errors import Interrupted, PlatformError, Timeout
 from enarx.vm.agent import encode, read_frame
+from enarx.vm.network import NetSpec
 from enarx.vm.qemu import VmSpec, command_line
+
+if TYPE_CHECKING:
+    from enarx.vm.hostlaunch import HostLaunch
+    from enarx.vm.simlaunch import SimPlan
+from enarx.vm.shares import Share
 
 __all__ = ["APPEND", "BOOT_TIMEOUT", "Keep", "VmRequest", "cached_probe", "choose_accel", "qemu_version",
            "run_cli", "run_in_vm"]
@@ -53,6 +59,16 @@ class VmRequest:
     timeout: float | None = None
     fuel: int | None = None
     fd_env: bool = True
+    #: The VM's NIC (vm/network.py); None: no network device.
+    net: NetSpec | None = None
+    #: More request keys for the agent (``net``, ``mode``/``deploy``, ``dirs``, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: Pre-opened host directories, one virtio-9p device each (vm/shares.py).
+    shares: tuple[Share, ...] = ()
+    #: A confidential launch on an SNP/TDX host (vm/hostlaunch.py); None: kvm or TCG.
+    launch: HostLaunch | None = None
+    #: A sim VM Keep (vm/simlaunch.py): the host measures the launch as the PSP would.
+    sim: SimPlan | None = None
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -76,11 +92,16 @@ def qemu_version(qemu: str = "qemu-system-x86_64") -> str | None:
     return words[3] if len(words) > 3 and words[2] == "version" else (words[-1] if words else "")
 
 
-def _need_qemu() -> str:
+def _need_qemu(mode: str = "kvm") -> str:
+    from enarx.platform.launchmode import MIN_QEMU, qemu_too_old
+
     version = qemu_version()
     if version is None:
         raise PlatformError("qemu-system-x86_64 not found: the kvm backend boots each "
                             "workload in a QEMU VM", hint="install qemu-system-x86")
+    if (old := qemu_too_old(mode, version)) is not None:
+        need = ".".join(map(str, MIN_QEMU[mode]))
+        raise PlatformError(old, hint=f"install qemu-system-x86 {need} or newer")
     return version
 
 
@@ -88,13 +109,16 @@ class Keep:
     """One booted VM with its agent connected; always use as a context manager."""
 
     def __init__(self, mode: str, kernel: str, initrd: str, memory_mib: int,
-                 append: str = APPEND) -> None:
+                 append: str = APPEND, net: NetSpec | None = None,
+                 shares: tuple[Share, ...] = (), launch: HostLaunch | None = None) -> None:
         self.mode = mode
         self.tmp = tempfile.mkdtemp(prefix="enarx-vm-")
         self.spec = VmSpec(kernel=kernel, initrd=initrd, append=append,
                            agent_socket=os.path.join(self.tmp, "agent.sock"),
                            console_log=os.path.join(self.tmp, "console.log"),
-                           memory_mib=memory_mib)
+                           memory_mib=memory_mib, net=net, shares=shares,
+                           firmware=launch.firmware if launch else None,
+                           identity=launch.identity if launch else b"")
         self.proc: subprocess.Popen[bytes] | None = None
         self.sock: socket.socket | None = None
 
@@ -106,14 +130,23 @@ class Keep:
 
     def boot(self, timeout: float) -> None:
         """Start QEMU and wait for the agent's hello; raises PlatformError on failure."""
-        with open(os.path.join(self.tmp, "qemu.err"), "wb") as err:
-            self.proc = subprocess.Popen(
-                command_line(self.mode, self.spec), stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                preexec_fn=_die_with_parent)
+        argv = command_line(self.mode, self.spec)
+        try:
+            with open(os.path.join(self.tmp, "qemu.err"), "wb") as err:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                    preexec_fn=_die_with_parent)
+        except OSError as e:
+            raise PlatformError(f"cannot start {argv[0]}: {e.strerror or e}",
+                                hint="check the QEMU installation: `enarx platform info`") from None
         deadline = time.monotonic() + timeout
         while self.sock is None:
             if self.proc.poll() is not None:
+                from enarx.vm.network import qemu_error
+
+                if (fwd := qemu_error(self._why(), self.spec.net)) is not None:
+                    raise fwd
                 raise PlatformError(f"QEMU exited ({self.proc.returncode}) before the VM "
                                     f"booted: {self._why()}", hint="see `enarx platform info`")
             if time.monotonic() > deadline:
@@ -161,10 +194,12 @@ class _BootTimeout(PlatformError):
     pass
 
 
-def _boot(mode: str, kernel: str, initrd: str, memory_mib: int, append: str) -> Keep:
+def _boot(mode: str, kernel: str, initrd: str, memory_mib: int, append: str,
+          net: NetSpec | None = None, shares: tuple[Share, ...] = (),
+          launch: HostLaunch | None = None) -> Keep:
     """A booted Keep; one retry after a boot timeout (TCG boots hang now and then)."""
     for attempt in (1, 2):
-        keep = Keep(mode, kernel, initrd, memory_mib, append)
+        keep = Keep(mode, kernel, initrd, memory_mib, append, net, shares, launch)
         try:
             keep.boot(BOOT_TIMEOUT)
             return keep
@@ -235,18 +270,28 @@ def run_in_vm(req: VmRequest, *, warn: Callable[[str], None], kernel: str | None
               initrd: str | None = None, append: str = APPEND, stdin_fd: int = 0, stdout_fd: int = 1,
               stderr_fd: int = 2) -> int:
     """Run ``req`` in a fresh VM Keep; its exit code. Raises Timeout at the deadline."""
-    _need_qemu()
+    _need_qemu(req.launch.mode if req.launch is not None else "kvm")
+    if req.net is not None:
+        from enarx.vm.network import check_ports
+
+        check_ports(req.net)  # a port in use: a clear error now, not a QEMU failure later
     if kernel is None or initrd is None:
         from enarx.vm.image import build_image
 
         image = build_image()
         kernel, initrd = str(image.kernel.path), str(image.initrd.path)
         append = image.append  # what `enarx keep image measure` hashes
-    mode, why = choose_accel(kernel, initrd)
-    if mode == "tcg":
-        warn(f"kvm: running the VM under TCG emulation (slow): {why}")
+    if req.sim is not None:  # MEASUREMENT = the digest of exactly what boots below
+        req.extra["sim"] = req.sim.request(kernel, initrd, append)
+    if req.launch is not None:  # an SNP/TDX host: no probe, no fallback
+        mode: str = req.launch.mode
+    else:
+        mode, why = choose_accel(kernel, initrd)
+        if mode == "tcg":
+            warn(f"kvm: running the VM under TCG emulation (slow): {why}")
     try:
-        with _boot(mode, kernel, initrd, _memory_mib(req.max_memory), append) as keep:
+        with _boot(mode, kernel, initrd, _memory_mib(req.max_memory), append,
+                   req.net, req.shares, req.launch) as keep:
             return _converse(keep, req, stdin_fd, stdout_fd, stderr_fd)
     except KeyboardInterrupt:  # the VM is already torn down (the with block, or _boot)
         raise Interrupted("interrupted; the VM Keep was stopped") from None
@@ -259,7 +304,7 @@ def _converse(keep: Keep, req: VmRequest, stdin_fd: int, stdout_fd: int,
     sock = keep.sock
     header = {"argv0": req.argv0, "args": list(req.args), "env": [list(p) for p in req.env],
               "max_memory": req.max_memory, "timeout": req.timeout, "fuel": req.fuel,
-              "fd_env": req.fd_env, "config": req.config}
+              "fd_env": req.fd_env, "config": req.config, **req.extra}
     sock.sendall(encode(b"R", json.dumps(header).encode()))
     sock.sendall(encode(b"M", req.wasm))
     deadline = None if req.timeout is None else time.monotonic() + req.timeout
@@ -309,21 +354,44 @@ def _pump_stdin(fd: int, sock: socket.socket) -> None:
 
 def run_cli(wasm: bytes, argv0: str, wasmcfgfile: str | None, *, dirs: list[Any],
             args: tuple[str, ...], env: list[tuple[str, str]], limits: Any, fd_env: bool,
-            steward: Any, warn: Callable[[str], None]) -> int:
-    """``enarx run --backend kvm``: the same inputs as on nil, run in a VM Keep."""
-    from enarx.errors import UsageError
+            steward: Any, warn: Callable[[str], None], backend: Any = None) -> int:
+    """``enarx run --backend kvm``: the same inputs as on nil, run in a VM Keep (and
+    ``--backend sev-snp|tdx`` on an SNP/TDX host: a confidential VM, vm/hostlaunch.py;
+    ``--backend sim --vm``: a sim VM Keep, vm/simlaunch.py). With a steward the Keep attests
+    from inside the VM."""
+    launch = None
+    if backend is not None and backend.vm_mode() in ("snp", "tdx"):
+        from enarx.vm.hostlaunch import plan as host_plan
 
-    if dirs:
-        raise UsageError("--dir is not supported by the kvm backend yet",
-                         hint="run without --dir, or use --backend nil")
-    if steward is not None:
-        raise UsageError("a steward is not supported by the kvm backend yet",
-                         hint="use --backend nil/sim with a steward")
-    config = None
-    if wasmcfgfile is not None:
-        config = Path(wasmcfgfile).read_text(encoding="utf-8")  # already parsed by the caller
-    max_memory = None if limits.max_memory == 4 << 30 else int(limits.max_memory)
-    req = VmRequest(wasm=wasm, argv0=argv0, config=config, args=tuple(args),
-                    env=tuple((str(k), str(v)) for k, v in env), max_memory=max_memory,
-                    timeout=limits.timeout, fuel=limits.fuel, fd_env=fd_env)
-    return run_in_vm(req, warn=warn)
+        launch = host_plan(backend, wasm, wasmcfgfile, dirs=dirs, args=args, env=env,
+                           fd_env=fd_env)
+
+    sim = None
+    if backend is not None and backend.name == "sim":  # a sim VM Keep (vm/simlaunch.py)
+        from enarx.vm.simlaunch import plan as sim_plan
+
+        sim = sim_plan(backend, wasm, wasmcfgfile, dirs=dirs, args=args, env=env,
+                       fd_env=fd_env)
+    from enarx.vm.shares import plan
+
+    # Every pre-open is checked (and Enarx.toml's dir entries rewritten) before any boot.
+    shares = plan(dirs, wasmcfgfile)
+    with shares:  # encrypted directories' locks: held while the VM runs, freed on a refusal
+        config = shares.config
+        max_memory = None if limits.max_memory == 4 << 30 else int(limits.max_memory)
+        from enarx.vm.network import for_workload
+
+        # listen/connect entries: a NIC, forwarded ports checked before any boot
+        net, net_req = for_workload(config, wasmcfgfile, outbound=steward is not None)
+        req = VmRequest(wasm=wasm, argv0=argv0, config=config, args=tuple(args),
+                        env=tuple((str(k), str(v)) for k, v in env), max_memory=max_memory,
+                        timeout=limits.timeout, fuel=limits.fuel, fd_env=fd_env,
+                        extra={**net_req, **({"dirs": shares.request} if shares.request else {})},
+                        shares=shares.shares, net=net, launch=launch, sim=sim)
+        if launch is not None:  # inside, the same backend in guest mode gives the evidence
+            req.extra["backend"] = backend.name
+        if steward is not None:  # the Keep attests from inside the VM (vm/simlaunch.py)
+            from enarx.vm.simlaunch import steward_request
+
+            req.extra["steward"] = steward_request(steward)
+        return run_in_vm(req, warn=warn)

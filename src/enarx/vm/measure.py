@@ -10,6 +10,7 @@ states what is missing instead of a made-up value.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from sevsnpmeasure.guest import snp_calc_launch_digest  # type: ignore[import-untyped]
@@ -21,7 +22,7 @@ from enarx.errors import UsageError
 
 __all__ = [
     "DEFAULT_GUEST_FEATURES", "DEFAULT_VCPU_TYPE", "MAX_VCPUS", "TDX_UNSUPPORTED",
-    "MeasureError", "snp_launch_digest", "vcpu_types",
+    "MeasureError", "sim_launch_digest", "snp_launch_digest", "vcpu_types",
 ]
 
 DEFAULT_VCPU_TYPE = "EPYC-v4"
@@ -84,3 +85,16 @@ def snp_launch_digest(*, kernel: Path, initrd: Path, append: str, ovmf: Path, vc
     except (RuntimeError, ValueError, AssertionError) as exc:
         raise MeasureError(f"cannot measure with {ovmf}: {exc}", hint=_AMDSEV_HINT) from None
     return bytes(digest)
+
+
+def sim_launch_digest(*, kernel: Path, initrd: Path, append: str, vcpus: int = 1,
+                      vcpu_type: str = DEFAULT_VCPU_TYPE) -> bytes:
+    """The launch digest a sim VM Keep reports: :func:`snp_launch_digest` with the generated
+    sim firmware (``enarx.vm.simfw``) in place of OVMF."""
+    from enarx.vm.simfw import SIM_FIRMWARE_ID, sim_firmware
+
+    with tempfile.TemporaryDirectory(prefix="enarx-simfw-") as tmp:
+        fw = Path(tmp, SIM_FIRMWARE_ID + ".fd")
+        fw.write_bytes(sim_firmware())
+        return snp_launch_digest(kernel=kernel, initrd=initrd, append=append, ovmf=fw,
+                                 vcpus=vcpus, vcpu_type=vcpu_type)

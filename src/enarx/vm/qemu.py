@@ -11,6 +11,9 @@ import base64
 from dataclasses import dataclass
 
 from enarx.errors import UsageError
+from enarx.vm.network import NetSpec, qemu_args
+from enarx.vm.shares import Share
+from enarx.vm.shares import qemu_args as share_args
 
 __all__ = ["AGENT_PORT", "MODES", "VmSpec", "command_line"]
 
@@ -37,6 +40,10 @@ class VmSpec:
     #: MRCONFIGID (48 bytes). Shorter values are zero-padded; longer ones are refused.
     identity: bytes = b""
     qemu: str = "qemu-system-x86_64"
+    #: The NIC (vm/network.py); None: the VM has no network device at all.
+    net: NetSpec | None = None
+    #: Pre-opened host directories, one virtio-9p device each (vm/shares.py).
+    shares: tuple[Share, ...] = ()
 
 
 def _pad(identity: bytes, size: int, what: str) -> str:
@@ -90,4 +97,22 @@ def command_line(mode: str, spec: VmSpec) -> list[str]:
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
         "-no-reboot",
     ]
+    if spec.net is not None:
+        argv += qemu_args(spec.net)
+    argv += share_args(spec.shares)
+    if mode in ("snp", "tdx"):
+        argv = _private_dma(argv)
     return argv
+
+
+def _private_dma(argv: list[str]) -> list[str]:
+    """Confidential guests keep their memory private: every virtio PCI device must use the
+    platform DMA API (bounce buffers the guest shares), which the guest kernel insists on,
+    and no legacy (pre-1.0) interface, which cannot offer it."""
+    out = []
+    for prev, arg in zip(["", *argv[:-1]], argv, strict=True):
+        device = arg.split(",", 1)[0]
+        if prev == "-device" and device.startswith("virtio-") and device.endswith("-pci"):
+            arg += ",disable-legacy=on,iommu_platform=on"
+        out.append(arg)
+    return out

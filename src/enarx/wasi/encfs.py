@@ -15,12 +15,12 @@ them) are read and spliced into the rest of the path, counted (more than
 :data:`~enarx.wasi.resolve.MAX_SYMLINK_EXPANSIONS` is ``ELOOP``), an absolute target is an
 escape (``EPERM``), and the last component is followed only when the call asks
 (``LOOKUP_SYMLINK_FOLLOW`` or a trailing ``/``). Creating a symlink whose target would climb
-out of the fd's directory is ``EPERM``, as on a plain pre-open. Hard links answer
-``ENOTSUP``. The core gets plain components (``tuple[bytes, ...]``, ``()`` the root). Its POSIX errors become the errno a plain pre-open gives; a block, header or name
+out of the fd's directory is ``EPERM``, as on a plain pre-open. Hard links work within one
+encrypted tree (``EXDEV`` into or out of it). The core gets plain components (``tuple[bytes, ...]``, ``()`` the root). Its POSIX errors become the errno a plain pre-open gives; a block, header or name
 that fails authentication is ``EIO``, never wrong data.
 
 Limits: a directory fd remembers its path, so a directory renamed while open keeps naming
-the old path (its next call answers ``ENOENT``); hard links are not supported.
+the old path (its next call answers ``ENOENT``); a hard link to a symlink is a copy of it.
 """
 
 from __future__ import annotations
@@ -344,14 +344,16 @@ class EncDirHandle(DirHandle):
 
     def link_path(self, path: bytes, dst: EncDirHandle, dst_path: bytes,
                   follow: bool = False) -> None:
-        """No hard links (``ENOTSUP`` where a plain pre-open would create one, its errors
-        otherwise): a file's trailer and crash journal are bound to one host name."""
+        """A hard link within one encrypted tree, with a plain pre-open's checks and errors
+        (a symlink, not followed, is linked as a copy of itself: see the core)."""
         parts, must_dir = self.resolve(path, follow=follow or path.endswith(b"/"))
         node = self._lookup(parts)
         if _kind_is_dir(node) or must_dir:
             raise WasiError(Errno.PERM if _kind_is_dir(node) else Errno.NOTDIR)
         dst._new_name(dst_path)
-        raise WasiError(Errno.NOTSUP)
+        dst_parts, _ = dst._target(dst_path, Errno.EXIST)
+        with core_errors():
+            self.encdir.link(_core_path(parts), _core_path(dst_parts))
 
     def set_times_path(self, path: bytes, atim: int | None, mtim: int | None, now_a: bool,
                        now_m: bool, follow: bool = True) -> None:
@@ -451,16 +453,18 @@ class EncFileHandle(Handle):
     def _pread(self, bufs: Sequence[memoryview], offset: int) -> int:
         if not self.readable:
             raise WasiError(Errno.BADF)
-        want = sum(len(b) for b in bufs)
-        if want == 0:
-            return 0
         done = 0
-        with core_errors():
+        try:  # the read hot path: no context manager, one call per buffer
             for b in bufs:  # decrypted straight into guest memory (no intermediate copy)
+                if not len(b):
+                    continue
                 n = int(self.file.pread_into(b, offset + done))
                 done += n
                 if n < len(b):
                     break
+        except Exception:
+            with core_errors():
+                raise
         return done
 
     def _pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:

@@ -292,10 +292,11 @@ class PathCalls:
         op = self._path(mv, old_path, old_len)
         np_ = self._path(mv, new_path, new_len)
         if isinstance(od, EncDirHandle) or isinstance(nd, EncDirHandle):
-            # no hard links in an encrypted tree (ENOTSUP), nor into or out of one (EXDEV)
+            # hard links within one encrypted tree; none into or out of one (EXDEV)
             if isinstance(od, EncDirHandle) and isinstance(nd, EncDirHandle) \
                     and od.encdir is nd.encdir:
                 od.link_path(op, nd, np_, bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW))
+                return 0
             raise WasiError(Errno.XDEV)
         follow = bool(old_lookup & abi.LOOKUP_SYMLINK_FOLLOW)
         with resolve(od.host_fd, op, follow=follow or op.endswith(b"/")) as ro:

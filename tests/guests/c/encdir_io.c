@@ -25,7 +25,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define BLOCK 4096
+#define BLOCK 65536  /* the encrypted format's block size (enarx.encdir.fileformat.BLOCK) */
 
 static unsigned char buf[BLOCK], want[BLOCK];
 
