@@ -259,22 +259,30 @@ def _read(src: Path | bytes) -> bytes:
                          hint="check the file's permissions, or reinstall its package") from None
 
 
-def _entries(plan: dict[str, tuple[int, Path | bytes]]) -> tuple[list[CpioEntry], str]:
-    """The archive entries and the key digest over (path, mode, content) of each."""
+def _members_key(plan: dict[str, tuple[int, Path | bytes]]) -> str:
+    """A digest over (path, mode, content digest) of every archive member. Each input is read
+    and dropped in turn: a cache hit never holds the whole image in memory."""
     key = hashlib.sha256(f"enarx-keep-image/{FORMAT}\n".encode())
+    for path in sorted(plan):
+        mode, src = plan[path]
+        digest = hashlib.sha256(_read(src)).hexdigest()
+        key.update(f"{path}\0{mode:o}\0{digest}\n".encode())
+    return key.hexdigest()
+
+
+def _entries(plan: dict[str, tuple[int, Path | bytes]]) -> list[CpioEntry]:
+    """The archive entries: every member, its parent directories and /dev/console."""
     dirs = {"dev", "proc", "sys", "tmp", "root"}
     entries = [CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1))]
     for path in sorted(plan):
         mode, src = plan[path]
-        data = _read(src)
-        entries.append(CpioEntry(path, mode, data))
-        key.update(f"{path}\0{mode:o}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+        entries.append(CpioEntry(path, mode, _read(src)))
         parent = path.rpartition("/")[0]
         while parent:
             dirs.add(parent)
             parent = parent.rpartition("/")[0]
     entries.extend(CpioEntry(d, _DIR) for d in dirs)
-    return entries, key.hexdigest()
+    return entries
 
 
 def _image_key(members_key: str, kernel: bytes) -> str:
@@ -318,7 +326,7 @@ def image_status(inputs: ImageInputs | None = None, *,
     ``{"state": "ready"|"not built"|"inputs missing", "key", "directory", "initrd_size", "hint"}``."""
     try:
         inputs = inputs or default_inputs()
-        key = _image_key(_entries(_plan(inputs))[1], _read(inputs.kernel))
+        key = _image_key(_members_key(_plan(inputs)), _read(inputs.kernel))
     except ImageError as e:
         return {"state": "inputs missing", "detail": e.message, "hint": e.hint}
     slot = (cache if cache is not None else image_cache_dir()) / key
@@ -357,9 +365,8 @@ def build_image(inputs: ImageInputs | None = None, *, cache: Path | None = None,
     """Build (or reuse from the cache) the Keep image; with ``out``, also write it there."""
     inputs = inputs or default_inputs()
     plan = _plan(inputs)
-    entries, key = _entries(plan)
     kernel = _read(inputs.kernel)
-    key = _image_key(key, kernel)
+    key = _image_key(_members_key(plan), kernel)
     root = cache if cache is not None else image_cache_dir()
     slot = root / key
     image: KeepImage | None = None
@@ -369,7 +376,7 @@ def build_image(inputs: ImageInputs | None = None, *, cache: Path | None = None,
         except ImageError:
             image = None  # corrupt cache entry: rebuild it below
     if image is None:
-        initrd = gzip_bytes(write_newc(entries))
+        initrd = gzip_bytes(write_newc(_entries(plan)))
         try:
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
