@@ -103,6 +103,39 @@ def test_a_policy_pinning_another_digest_refuses_it_before_the_workload_runs(
     assert [e["result"] for e in events] == ["refused"]
 
 
+def test_a_steward_keyed_encrypted_dir_opens_in_a_sim_vm_keep(
+        world: Env, launch: tuple[Path, str, str, str], tmp_path: Path) -> None:
+    """Issue 12 in a VM Keep: the directory's key is a steward resource, released only to the
+    attested Keep inside the VM; the ciphertext is shared over 9p, and the key shows up in
+    no output and no file on the host."""
+    import base64
+
+    from tests.encdir.encutil import BLOCK
+    from tests.encdir.test_key_release import Setup
+
+    resource = "app/vmdir/v1"
+    root = tmp_path / "owner"
+    root.mkdir()
+    owner = Setup(world, root, resource)  # encrypted with a key only the steward will hold
+    policy = (_policy(world, launch[2], owner.ident)
+              + f'\n[resources]\n"{resource}" = ["{owner.ident}"]\n')
+    gen = steward(world, "vmdir", policy)
+    srv = next(gen)
+    try:
+        srv.put(resource, owner.key)
+        r = world.run("run", "--backend", "sim", "--vm", "--steward", srv.url, "--steward-ca",
+                      srv.ca, "--wasmcfgfile", owner.cfg, owner.wasm, timeout=900)
+    finally:
+        gen.close()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"open 0 {BLOCK}", "b0 0 5 0 1"]
+    forms = [owner.key, owner.key.hex().encode(), base64.b64encode(owner.key).rstrip(b"=")]
+    assert not [f for f in forms if f in (r.stdout + r.stderr).encode()]
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert not [f for f in forms if f in path.read_bytes()], path
+
+
 def test_the_guest_sim_signs_the_launch_the_host_measured(
         tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, vm_env: dict[str, str]) -> None:
     """No boot: the host's plan and the agent's preparation, then a report from the guest's

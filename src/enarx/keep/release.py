@@ -91,8 +91,12 @@ def fetch_resource(target: StewardTarget, attested: Attested, path: str, *,
 def _get(target: StewardTarget, path: str, token: str, timeout: float,
          where: str) -> tuple[int, bytes]:
     parts = urlsplit(target.url)
-    conn = http.client.HTTPSConnection(parts.hostname or "", parts.port or 443,
-                                       timeout=timeout, context=_trust(target.ca_pem))
+    # In a VM Keep a steward on the host's loopback is dialled at the host's side of QEMU's
+    # network, the certificate still checked against the URL's host (as keep/attest.py does).
+    from enarx.vm.guestnet import https_connection
+
+    conn = https_connection(parts.hostname or "", parts.port or 443, timeout=timeout,
+                            context=_trust(target.ca_pem))
     try:
         conn.request("GET", parts.path.rstrip("/") + RESOURCE_ROUTE + quote(path, safe="/"),
                      headers={"Authorization": f"Bearer {token}",

@@ -67,9 +67,10 @@ MANIFEST_NAME = "manifest.json"
 #: Third-party modules `enarx run` imports, with and without an Enarx.toml (checked by
 #: listing ``sys.modules`` after a run); the pydantic ones are for the config, cryptography
 #: (+ cffi's backend) for TLS listeners and evidence, httpx and its stack for the steward and
-#: package fetches, cbor2/rfc8785 for evidence and runtime-data encodings.
+#: package fetches, cbor2/rfc8785 for evidence and runtime-data encodings, joserfc to open
+#: the JWEs a steward releases resources in (encrypted directories' keys).
 SITE_PACKAGES = ("_cffi_backend", "annotated_types", "anyio", "cbor2", "certifi", "click",
-                 "cryptography", "h11", "httpcore", "httpx", "idna", "pydantic",
+                 "cryptography", "h11", "httpcore", "httpx", "idna", "joserfc", "pydantic",
                  "pydantic_core", "rfc8785", "typing_extensions",
                  "typing_inspection", "wasmtime")
 #: Kernel modules, in dependency order (insmod has no resolver).
