@@ -27,12 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from enarx.attestation.result import VerifiedEvidence
 from enarx.attestation.snp.verify import SnpVerifier
 from enarx.errors import AttestationError, EnarxError
+from enarx.steward.checks import (
+    check_binding,
+    failures,
+    fingerprint,
+    load_csr,
+    refusal,
+    spki,
+    verification_failed,
+)
 from enarx.steward.errors import (
     BadRequest,
     Conflict,
@@ -107,83 +115,6 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _fingerprint(cert_pem_or_der: bytes) -> str:
-    try:
-        cert = (x509.load_pem_x509_certificate(cert_pem_or_der)
-                if cert_pem_or_der.lstrip().startswith(b"-----")
-                else x509.load_der_x509_certificate(cert_pem_or_der))
-    except (ValueError, x509.InvalidVersion) as exc:
-        raise BadRequest(f"trust root is not a certificate: {exc}") from None
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-def _failures(appraisal: Any) -> list[dict[str, Any]]:
-    out = []
-    for f in getattr(appraisal, "failed", []):
-        out.append({"rule": str(f.rule), "expected": _jsonable(f.expected),
-                    "actual": _jsonable(f.actual), "message": str(f.message)})
-    return out
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if v is None or isinstance(v, str | int | float | bool):
-        return v
-    return str(v)
-
-
-def _verification_failed(exc: AttestationError) -> Refused:
-    failed = [{"rule": exc.check, "expected": _jsonable(exc.expected),
-               "actual": _jsonable(exc.actual), "message": exc.detail}]
-    return Refused(f"evidence did not verify: {exc.message}", failed=failed,
-                   hint=exc.hint or "the evidence must come from a genuine TEE and bind this "
-                   "request's nonce and key")
-
-
-def _load_csr(csr_der: bytes) -> x509.CertificateSigningRequest:
-    if not csr_der:
-        raise BadRequest("empty body: expected a DER PKCS#10 certificate request")
-    try:
-        csr = x509.load_der_x509_csr(csr_der)
-    except (ValueError, x509.InvalidVersion):  # InvalidVersion is not a ValueError
-        raise BadRequest("body is not a DER PKCS#10 certificate request",
-                         hint="send the CSR as DER with Content-Type: application/pkcs10") from None
-    try:
-        ok = csr.is_signature_valid
-    except (UnsupportedAlgorithm, ValueError):  # e.g. an unknown signature algorithm
-        ok = False
-    if not ok:
-        raise BadRequest("the CSR's signature does not verify with its own key")
-    return csr
-
-
-def _spki(key: Any) -> bytes:
-    der: bytes = key.public_bytes(serialization.Encoding.DER,
-                                  serialization.PublicFormat.SubjectPublicKeyInfo)
-    return der
-
-
-def _check_binding(ev: VerifiedEvidence, expected: bytes) -> None:
-    """REPORT_DATA must be the key-broker binding of this session (constant-time compare)."""
-    if not hmac.compare_digest(ev.report_data, expected):
-        raise Refused("the evidence does not bind this request's nonce, key and workload",
-                      failed=[{"rule": "report_data", "expected": expected.hex(),
-                               "actual": ev.report_data.hex(),
-                               "message": "REPORT_DATA must be SHA-384(JCS(runtime-data))"}],
-                      hint="make the evidence for this session's nonce and this key")
-
-
-def _refusal(prefix: str, failed: list[dict[str, Any]]) -> Refused:
-    return Refused(prefix + ": " + "; ".join(f"{f['rule']}: {f['message']}" for f in failed),
-                   failed=failed,
-                   hint="the failed rules list what the policy expected and what it got")
-
-
 class Steward:
     """The service: one instance per process, all state in ``store``.
 
@@ -229,7 +160,7 @@ class Steward:
         self.signers = list(signers)
         self._auths = itertools.count()
         self.trust_roots = [bytes(r) for r in trust_roots]
-        self._extra_roots = {_fingerprint(r) for r in self.trust_roots}
+        self._extra_roots = {fingerprint(r) for r in self.trust_roots}
         self.snp = SnpVerifier(self.trust_roots)
         self.cert_validity = dt.timedelta(seconds=policy.validity_seconds)
         self.policy_id: str = policy.policy_id
@@ -318,10 +249,10 @@ class Steward:
                 self.policy, checked.evidence, kind=checked.kind,
                 vendor_root=checked.vendor_root, workload=workload, workload_bound=True)
             info["status"] = appraisal.status
-            failed = _failures(appraisal) + self._signature_failures(rd.package_signature,
+            failed = failures(appraisal) + self._signature_failures(rd.package_signature,
                                                                      workload)
             if failed:
-                raise _refusal("attestation refused by the steward's policy", failed)
+                raise refusal("attestation refused by the steward's policy", failed)
         except EnarxError:
             self._spend(session_id, rd.nonce, now)
             raise
@@ -365,7 +296,7 @@ class Steward:
                              'or "sample" (nil)')
         snp = kbs.parse_snp_evidence(att.tee_evidence)
         ev = self._verify_snp(snp.report, snp.cert_chain, (), self.evidence_clock())
-        _check_binding(ev, expected)
+        check_binding(ev, expected)
         vendor = self._vendor_root(ev)
         cmw = extensions.encode_cmw(extensions.CmwEvidence(
             "snp", snp.report, tuple(snp.cert_chain), runtime_json))
@@ -381,8 +312,8 @@ class Steward:
             ev = dcap_kbs.verify_dcap(tee, dcap, at=self.evidence_clock(),
                                       collateral_dir=self.collateral_dir)
         except AttestationError as exc:
-            raise _verification_failed(exc) from None
-        _check_binding(ev, expected)
+            raise verification_failed(exc) from None
+        check_binding(ev, expected)
         cmw = extensions.encode_cmw(extensions.CmwEvidence(tee, dcap.quote, (), runtime_json))
         return _Checked(tee, ev, True, cmw, "sha384:" + hashlib.sha384(dcap.quote).hexdigest())
 
@@ -394,7 +325,7 @@ class Steward:
         try:
             return self.snp.verify(report, cert=certs[0], chain=certs[1:], crls=crls, at=at)
         except AttestationError as exc:
-            raise _verification_failed(exc) from None
+            raise verification_failed(exc) from None
 
     def _vendor_root(self, ev: VerifiedEvidence) -> bool:
         return bool(ev.chain) and ev.chain[-1].sha256 not in self._extra_roots
@@ -429,7 +360,7 @@ class Steward:
         if not session_id:
             raise Unauthorized("no kbs-session-id cookie", hint="attest first (/kbs/v0/auth, "
                                "/kbs/v0/attest), then send the CSR with the session cookie")
-        csr = _load_csr(csr_der)
+        csr = load_csr(csr_der)
         now = self.clock()
         session = self.store.get_session(session_id)
         if (session is None or not session.token or session.attested_expires_at is None
@@ -444,7 +375,7 @@ class Steward:
         claims = _token_claims(session.token)
         sub = claims["submods"]["cpu0"]
         pub = kbs.jwk_spki(json.loads(session.tee_pubkey or "{}"))
-        if not hmac.compare_digest(_spki(csr.public_key()), pub):
+        if not hmac.compare_digest(spki(csr.public_key()), pub):
             raise Unauthorized("the CSR's key is not the key this session attested",
                                hint="sign the CSR with the tee-pubkey sent to /kbs/v0/attest")
         workload = session.workload
@@ -514,23 +445,23 @@ class Steward:
     def _upstream(self, csr_der: bytes, info: dict[str, Any]) -> _Issue:
         from enarx.steward import extensions, upstream
 
-        csr = _load_csr(csr_der)
+        csr = load_csr(csr_der)
         up = upstream.parse_upstream_csr(csr_der)
         info["tee"] = up.kind
         try:
             ev = upstream.verify_upstream(up, at=self.evidence_clock(), snp_verifier=self.snp,
                                           sgx_qe_identity=self.sgx_qe_identity)
         except AttestationError as exc:
-            raise _verification_failed(exc) from None
+            raise verification_failed(exc) from None
         vendor = ev is not None and (ev.platform != "snp" or self._vendor_root(ev))
         kind: Kind = up.kind if vendor or ev is None else "sim"
         info["platform"] = kind
         appraisal = appraise(self.policy, ev, kind=kind, vendor_root=vendor, workload=None,
                              workload_bound=False)
         info["status"] = appraisal.status
-        failed = _failures(appraisal) + self._signature_failures(None, None)
+        failed = failures(appraisal) + self._signature_failures(None, None)
         if failed:
-            raise _refusal("attestation refused by the steward's policy", failed)
+            raise refusal("attestation refused by the steward's policy", failed)
         exts: list[x509.Extension[Any]] = [extensions.workload_extension(None)]
         digest = "none"
         if ev is not None:
