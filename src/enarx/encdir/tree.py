@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from enarx.encdir.encdir import EncDir
 from enarx.encdir.errors import EncDirError, EncDirFsError
+from enarx.wasi.resolve import stays_inside
 
 __all__ = ["Progress", "decrypt_tree", "encrypt_tree"]
 
@@ -134,21 +135,6 @@ def _encrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
         raise
 
 
-def _stays_inside(depth: int, target: bytes) -> bool:
-    """Whether a relative symlink ``depth`` directories below the root names (lexically)
-    something inside the tree."""
-    if target.startswith(b"/"):
-        return False
-    for comp in target.split(b"/"):
-        if comp == b"..":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif comp and comp != b".":
-            depth += 1
-    return True
-
-
 def _enc_walk(enc: EncDir) -> tuple[list[str], _Files, list[str]]:
     dirs: list[str] = []
     files: _Files = []
@@ -206,7 +192,8 @@ def _decrypt_tree(src: str, dst: str, key: bytes, progress: Progress | None) -> 
                 os.utime(out_path, ns=(node.atime_ns, node.mtime_ns))
             for rel in links:
                 target = enc.readlink(rel)
-                if not _stays_inside(rel.count("/"), target):  # host tools would follow it
+                # host tools would follow a link out of the tree
+                if target.startswith(b"/") or not stays_inside(rel.count("/"), target):
                     raise EncDirFsError(errno.EPERM, f"symlink {rel} points outside the tree",
                                         hint="remove that link inside a Keep, then decrypt")
                 os.symlink(target, os.path.join(tmp, rel).encode("utf-8", "surrogateescape"))

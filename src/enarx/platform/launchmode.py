@@ -17,7 +17,8 @@ from typing import Literal
 from enarx.platform import tsm
 from enarx.platform.base import Backend, Check
 
-__all__ = ["FIRMWARE_DEFAULT", "FIRMWARE_ENV", "MIN_QEMU", "Facts", "Mode", "decide", "gather", "mode_checks", "parse_qemu_version", "qemu_too_old"]
+__all__ = ["FIRMWARE_DEFAULT", "FIRMWARE_ENV", "MIN_QEMU", "Facts", "HostLaunchable", "Mode",
+           "decide", "gather", "mode_checks", "parse_qemu_version", "qemu_too_old"]
 
 Tee = Literal["snp", "tdx"]
 
@@ -184,3 +185,41 @@ def mode_checks(mode: Mode, tee: Tee) -> list[Check]:
     return [Check("mode", True, f"{mode.mode}: {mode.reason}",
                   "docs/vm-keeps.md: 'What a user with SEV-SNP / TDX hardware does'"),
             *mode.pieces]
+
+
+class HostLaunchable(Backend):
+    """What ``sev-snp`` and ``tdx`` share: the mode (probed once per firmware choice), the
+    ``--firmware`` choice, the VM mode for the launcher and the platform-info rows. A backend
+    names its ``tee`` and lists the checks that apply inside a guest."""
+
+    tee: Tee
+    #: ``--firmware`` for a host launch; else the FIRMWARE_ENV variable or FIRMWARE_DEFAULT.
+    firmware: str | None = None
+    _decided: tuple[str | None, Mode] | None = None
+
+    def mode(self) -> Mode:
+        """guest / host / neither (probed once per firmware choice)."""
+        if self._decided is None or self._decided[0] != self.firmware:
+            self._decided = (self.firmware, decide(gather(self, self.tee, self.firmware)))
+        return self._decided[1]
+
+    def use_firmware(self, path: str) -> None:
+        self.firmware = path
+
+    def vm_mode(self) -> str | None:
+        return self.tee if self.mode().mode == "host" else None
+
+    def info(self) -> tuple[list[Check], dict[str, object]]:
+        mode = self.mode()
+        return self._checks(mode), {"mode": mode.mode, "reason": mode.reason}
+
+    def probe(self) -> list[Check]:
+        return self._checks(self.mode())
+
+    def _checks(self, mode: Mode) -> list[Check]:
+        rows = mode_checks(mode, self.tee)
+        return [*rows, *self.guest_checks()] if mode.mode == "guest" else rows
+
+    def guest_checks(self) -> list[Check]:
+        """The checks of an in-process Keep inside a confidential guest."""
+        raise NotImplementedError

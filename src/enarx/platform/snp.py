@@ -6,14 +6,15 @@ extended-report ioctl otherwise. On an SNP host each workload boots in its own S
 from __future__ import annotations
 
 from enarx.errors import EvidenceError
-from enarx.platform import launchmode, sev_guest, tsm
-from enarx.platform.base import Backend, Check, Evidence
+from enarx.platform import sev_guest, tsm
+from enarx.platform.base import Check, Evidence
 from enarx.platform.kvm import flag_check
+from enarx.platform.launchmode import HostLaunchable
 
 __all__ = ["SnpBackend"]
 
 
-class SnpBackend(Backend):
+class SnpBackend(HostLaunchable):
     name = "sev-snp"
     confidential = True
     #: configfs-tsm ``privlevel`` (SNP VMPL); None lets the kernel choose.
@@ -21,42 +22,16 @@ class SnpBackend(Backend):
     #: Injection points for tests that play the kernel (configfs) or the device (ioctl).
     tsm_ops: tsm.FileOps | None = None
     ioctl: sev_guest.Ioctl | None = None
-    #: ``--firmware`` (OVMF.amdsev.fd) for a host launch; else ENARX_SNP_FIRMWARE.
-    firmware: str | None = None
+    tee = "snp"
 
     def _tsm(self) -> bool:
         return self.path(tsm.TSM_REPORT_DIR).is_dir()
 
-    _decided: tuple[str | None, launchmode.Mode] | None = None
-
-    def mode(self) -> launchmode.Mode:
-        """guest / host / neither (probed once per firmware choice)."""
-        if self._decided is None or self._decided[0] != self.firmware:
-            facts = launchmode.gather(self, "snp", self.firmware)
-            self._decided = (self.firmware, launchmode.decide(facts))
-        return self._decided[1]
-
-    def use_firmware(self, path: str) -> None:
-        self.firmware = path
-
-    def vm_mode(self) -> str | None:
-        return "snp" if self.mode().mode == "host" else None
-
-    def info(self) -> tuple[list[Check], dict[str, object]]:
-        mode = self.mode()
-        return self._checks(mode), {"mode": mode.mode, "reason": mode.reason}
-
-    def probe(self) -> list[Check]:
-        return self._checks(self.mode())
-
-    def _checks(self, mode: launchmode.Mode) -> list[Check]:
-        if mode.mode != "guest":
-            return launchmode.mode_checks(mode, "snp")
+    def guest_checks(self) -> list[Check]:
         has_tsm = self._tsm()
         has_dev = self.path("/dev/sev-guest").exists()
         iface = "configfs-tsm" if has_tsm else "/dev/sev-guest" if has_dev else "none"
         return [
-            *launchmode.mode_checks(mode, "snp"),
             flag_check(self, ("sev_snp",), "this is not an SEV-SNP guest: launch the VM with "
                        "SEV-SNP on an AMD EPYC (Milan or newer) host"),
             Check("report interface (configfs-tsm or /dev/sev-guest)", has_tsm or has_dev,

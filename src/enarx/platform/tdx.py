@@ -5,49 +5,24 @@ from Linux, so configfs-tsm is required). On a TDX host each workload boots in i
 
 from __future__ import annotations
 
-from enarx.platform import launchmode, tsm
-from enarx.platform.base import Backend, Check, Evidence
+from enarx.platform import tsm
+from enarx.platform.base import Check, Evidence
 from enarx.platform.kvm import flag_check, node_check
+from enarx.platform.launchmode import HostLaunchable
 
 __all__ = ["TdxBackend"]
 
 
-class TdxBackend(Backend):
+class TdxBackend(HostLaunchable):
     name = "tdx"
     confidential = True
     #: Injection point for tests that play the kernel's configfs.
     tsm_ops: tsm.FileOps | None = None
-    #: ``--firmware`` (TDVF) for a host launch; else ENARX_TDX_FIRMWARE.
-    firmware: str | None = None
+    tee = "tdx"
 
-    _decided: tuple[str | None, launchmode.Mode] | None = None
-
-    def mode(self) -> launchmode.Mode:
-        """guest / host / neither (probed once per firmware choice)."""
-        if self._decided is None or self._decided[0] != self.firmware:
-            facts = launchmode.gather(self, "tdx", self.firmware)
-            self._decided = (self.firmware, launchmode.decide(facts))
-        return self._decided[1]
-
-    def use_firmware(self, path: str) -> None:
-        self.firmware = path
-
-    def vm_mode(self) -> str | None:
-        return "tdx" if self.mode().mode == "host" else None
-
-    def info(self) -> tuple[list[Check], dict[str, object]]:
-        mode = self.mode()
-        return self._checks(mode), {"mode": mode.mode, "reason": mode.reason}
-
-    def probe(self) -> list[Check]:
-        return self._checks(self.mode())
-
-    def _checks(self, mode: launchmode.Mode) -> list[Check]:
-        if mode.mode != "guest":
-            return launchmode.mode_checks(mode, "tdx")
+    def guest_checks(self) -> list[Check]:
         report_dir = self.path(tsm.TSM_REPORT_DIR)
         return [
-            *launchmode.mode_checks(mode, "tdx"),
             flag_check(self, ("tdx_guest",), "this is not a TDX guest: launch the VM as a TD "
                        "on a TDX-enabled host"),
             node_check(self, "/dev/tdx_guest", "load the tdx_guest driver (modprobe tdx_guest)"),

@@ -84,14 +84,8 @@ def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
         from enarx.vm.measure import _check_ovmf
 
         _check_ovmf(Path(firmware))  # no kernel-hashes: the image would go unmeasured
-    from enarx.workload import identity_of
+    from enarx.vm.simlaunch import run_identity
 
-    conf = None
-    if wasmcfgfile is not None:
-        from enarx import config as cfg
-
-        conf = cfg.loads(Path(wasmcfgfile).read_text(encoding="utf-8"), path=wasmcfgfile)
-    ident = identity_of(wasm, conf, extra_dirs=dirs, extra_args=args, extra_env=env,
-                        fd_env=fd_env)
+    ident = run_identity(wasm, wasmcfgfile, dirs=dirs, args=args, env=env, fd_env=fd_env)
     return HostLaunch(mode=mode_name, firmware=firmware,
                       identity=identity_binding(mode_name, ident), workload=ident)

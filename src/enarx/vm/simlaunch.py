@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["STEWARD_CA", "VCPUS", "SimPlan", "plan", "prepare_inner", "steward_args",
-           "steward_request"]
+__all__ = ["STEWARD_CA", "VCPUS", "SimPlan", "plan", "prepare_inner", "run_identity",
+           "steward_args", "steward_request"]
 
 #: vCPUs of every VM Keep (``VmSpec.vcpus``' default): part of the measured launch.
 VCPUS = 1
@@ -56,9 +56,10 @@ class SimPlan:
                 "workload": self.identity, "chip": self.backend.chip_material()}
 
 
-def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
-         args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> SimPlan:
-    """The sim plan of ``enarx run --backend sim --vm``: the identity the inner run claims."""
+def run_identity(wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
+                 args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> str:
+    """The workload identity the VM Keep's inner run claims (what `enarx identity` prints):
+    what a sim or confidential launch binds into HOST_DATA / MRCONFIGID."""
     from enarx.workload import identity_of
 
     conf = None
@@ -66,9 +67,15 @@ def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
         from enarx import config as cfg
 
         conf = cfg.loads(Path(wasmcfgfile).read_text(encoding="utf-8"), path=wasmcfgfile)
-    identity = identity_of(wasm, conf, extra_dirs=dirs, extra_args=args, extra_env=env,
-                           fd_env=fd_env)
-    return SimPlan(backend=backend, identity=identity)
+    return identity_of(wasm, conf, extra_dirs=dirs, extra_args=args, extra_env=env,
+                       fd_env=fd_env)
+
+
+def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
+         args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> SimPlan:
+    """The sim plan of ``enarx run --backend sim --vm``: the identity the inner run claims."""
+    return SimPlan(backend=backend, identity=run_identity(wasm, wasmcfgfile, dirs=dirs,
+                                                          args=args, env=env, fd_env=fd_env))
 
 
 def steward_request(target: Any) -> dict[str, str]:
