@@ -225,3 +225,19 @@ def test_closed_stdout_stops_a_flooding_guest(module_cache: Path,
         proc.wait()
         proc.stderr.close()
     assert code == 1 and "Traceback" not in err
+
+
+def test_guest_ram_is_sized_from_max_memory(enarx: RunEnarx, vm_env: dict[str, str],
+                                            tmp_path: Path) -> None:
+    """`--max-memory` sizes the VM: 320 MiB for the kernel, Python and wasmtime plus the
+    workload's limit (1 GiB without one, at most 2 GiB), read from the QEMU command line a
+    stand-in records."""
+    from tests.vm import fakeqemu
+
+    bin_dir = fakeqemu.install(tmp_path / "bin", "7.2.22")  # refuses to start: no boot
+    env = {**vm_env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    for limit in ([], ["--max-memory", "64M"], ["--max-memory", "3G"]):
+        r = enarx("run", *KVM, *limit, build_c("hello.c"), env=env)
+        assert r.returncode == 1 and fakeqemu.ERROR in r.stderr.decode(), r.stderr
+    sizes = [argv[argv.index("-m") + 1] for argv in fakeqemu.recorded(bin_dir)]
+    assert sizes == ["1344M", "384M", "2368M"]
