@@ -29,6 +29,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -36,8 +37,8 @@ from enarx.encdir import fileformat as ff
 from enarx.encdir.errors import EncDirCorrupt, EncDirFsError
 from enarx.encdir.keys import DirKeys
 
-__all__ = ["DIRTY_LIMIT", "EncFile", "FileState", "Node", "Owner", "new_file_bytes", "recover",
-           "replayed_image", "utime"]
+__all__ = ["DIRTY_LIMIT", "EncFile", "FileState", "Node", "Observer", "Owner", "new_file_bytes",
+           "recover", "replayed_image", "utime"]
 
 #: pending blocks that trigger a commit (1 MiB of 64 KiB blocks)
 DIRTY_LIMIT = 16
@@ -147,6 +148,13 @@ def replayed_image(keys: DirKeys, path: str) -> bytes | None:
     return bytes(image)
 
 
+class Observer(Protocol):
+    """Something that reads the host file on its own (the native read path,
+    :mod:`enarx.wasi.encnative`): told before anything about the file changes."""
+
+    def stale(self) -> None: ...
+
+
 class FileState:
     """The shared, in-memory state of one host file (see the module docstring)."""
 
@@ -165,6 +173,7 @@ class FileState:
         self.jsize = 0  # its size on the host
         self.jlive = False  # it holds a commit not yet (known to be) applied
         self.image = image  # read-only, with a pending journal: the replayed host bytes
+        self.observer: Observer | None = None
         head = self._read(ff.PREFIX_SIZE, 0)
         self.fmt, self.file_id = ff.parse_prefix(head)
         host_size = os.fstat(fd).st_size if image is None else len(image)
@@ -183,7 +192,7 @@ class FileState:
                                 "on the host)")
         self.names = t.names
         self.aead = AESGCM(t.file_key)
-        self._file_key = t.file_key
+        self.file_key = t.file_key
         self.length = t.length
         self.counter = t.counter
         self.versions = t.versions
@@ -192,6 +201,16 @@ class FileState:
         self.dirty: dict[int, bytes | bytearray] = {}
         self.cache: dict[int, bytes] = {}
         self.meta_dirty = False
+
+    def _changing(self) -> None:
+        """Before the length, a block, the versions or the host fd change."""
+        if self.observer is not None:
+            self.observer.stale()
+
+    def native_readable(self) -> bool:
+        """Whether every plaintext byte is what the host holds now (no pending block) and
+        readable from ``fd``: what an :class:`Observer` may read by itself."""
+        return self.fd >= 0 and self.image is None and not self.dirty
 
     # --- blocks ---------------------------------------------------------------------------
     def _read_run(self, n: int, off: int) -> memoryview:
@@ -316,6 +335,7 @@ class FileState:
         if not data:
             return 0
         bs = self.block
+        self._changing()
         self.touched_ns = time.time_ns()
         end = off + len(data)
         if end > self.length:
@@ -345,6 +365,7 @@ class FileState:
         if new > ff.MAX_FILE_SIZE:
             raise EncDirFsError(errno.EFBIG, f"files in an encrypted directory are at most "
                                 f"{ff.MAX_FILE_SIZE >> 30} GiB")
+        self._changing()
         self.touched_ns = time.time_ns()
         self.meta_dirty = True
         if new > old:
@@ -381,6 +402,7 @@ class FileState:
             if durable and self.writable:
                 os.fsync(self.fd)
             return
+        self._changing()
         counter = self.counter + 1
         versions = array("Q", self.versions)
         runs: list[tuple[int, list[ff.Buffer]]] = []  # contiguous host writes
@@ -400,7 +422,7 @@ class FileState:
             end = at + len(sealed)
             k = j + 1
         trailer = ff.seal_trailer(self.keys.header, self.file_id,
-                                  ff.Trailer(self._file_key, self.length, counter, versions,
+                                  ff.Trailer(self.file_key, self.length, counter, versions,
                                              self.names, self.block, self.nlink))
         if self.fmt != ff.FORMAT_VERSION:  # a version-1 file: its prefix says version 2 now
             runs.insert(0, (0, [ff.build_prefix(self.file_id)]))
@@ -478,6 +500,7 @@ class FileState:
         self.path = path
 
     def close_fd(self) -> None:
+        self._changing()
         self.drop_journal()
         if self.fd >= 0:
             os.close(self.fd)
@@ -494,6 +517,11 @@ class EncFile:
     def _st(self) -> FileState:
         if self._state is None:
             raise EncDirFsError(errno.EBADF, "file is closed")
+        return self._state
+
+    def shared(self) -> FileState | None:
+        """The state this handle shares with every other handle on the file (None once
+        closed)."""
         return self._state
 
     def pread(self, n: int, off: int) -> bytes:

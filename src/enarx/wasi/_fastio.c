@@ -1,23 +1,21 @@
-/* Native fast path for WASI fd_read / fd_write on stdio and plain files.
+/* Native fast path for WASI fd_read / fd_write on stdio and plain files, and fd_read on
+ * files of encrypted pre-opens (decrypted here; see enarx.wasi.encnative).
  *
  * Built by enarx.wasi.native (see its docstring for where and how); loaded with ctypes. It
  * links against nothing but libc: every wasmtime function it calls is a pointer handed in by
- * Python (from wasmtime-py's already-loaded libwasmtime), so no wasmtime headers are needed.
+ * Python (from wasmtime-py's already-loaded libwasmtime), and so is every OpenSSL function
+ * (from the process's libcrypto, declared by hand below), so no headers are needed.
  *
  * Contract with enarx.wasi.host: the host keeps `fds` in sync with its FdTable (guest fd ->
  * host fd + what the fast path may do). Anything this file does not handle exactly as the
  * Python shim would (unknown fd, missing right, non-plain handle, a failed memory lookup)
  * is passed to the Python callback unchanged, so the guest sees one behaviour.
  */
-#define _GNU_SOURCE
-#include <errno.h>
+#include "_fastio.h"
+
 #include <poll.h>
 #include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +29,7 @@
 #define F_READ 1u
 #define F_WRITE 2u
 #define F_STDIO 4u /* StdioHandle: finish short writes, wait on EAGAIN, may block */
+#define F_ENC 8u   /* a file of an encrypted pre-open: enc_read below */
 
 typedef void *(*trap_new_t)(const char *, size_t);
 typedef bool (*export_get_t)(void *, const char *, size_t, void *);
@@ -40,6 +39,7 @@ typedef size_t (*memory_size_t)(const void *, const void *);
 typedef void *(*raw_cb_t)(void *, void *, uint64_t *, size_t);
 typedef void *(*get_fuel_t)(const void *, uint64_t *);
 typedef void (*error_delete_t)(void *);
+
 
 struct fastio {
     trap_new_t trap_new;
@@ -62,6 +62,8 @@ struct fastio {
     uint16_t errmap[256];
     int32_t host_fd[MAP_SIZE];
     uint8_t flags[MAP_SIZE];
+    struct encfile *enc[MAP_SIZE]; /* F_ENC: the open file's shared state ... */
+    int64_t *pos[MAP_SIZE];        /* ... and this fd's position (owned by Python) */
 };
 
 struct fastio *fastio_new(void **fns, size_t mem_offset, unsigned mem_kind,
@@ -90,6 +92,17 @@ void fastio_set_fd(struct fastio *st, uint32_t gfd, int32_t hfd, uint32_t flags)
     if (gfd < MAP_SIZE) {
         st->host_fd[gfd] = hfd;
         st->flags[gfd] = (uint8_t)flags;
+        st->enc[gfd] = NULL;
+        st->pos[gfd] = NULL;
+    }
+}
+
+void fastio_set_enc(struct fastio *st, uint32_t gfd, struct encfile *enc, int64_t *pos) {
+    if (gfd < MAP_SIZE) {
+        st->host_fd[gfd] = -1;
+        st->flags[gfd] = (uint8_t)(F_ENC | F_READ);
+        st->enc[gfd] = enc;
+        st->pos[gfd] = pos;
     }
 }
 
@@ -177,23 +190,7 @@ static int clip(struct iovec *iov, int n, size_t limit, size_t *total) {
     return n;
 }
 
-static void advance(struct iovec **iov, int *n, size_t k) {
-    while (*n && k >= (*iov)->iov_len) {
-        k -= (*iov)->iov_len;
-        (*iov)++;
-        (*n)--;
-    }
-    if (*n && k) {
-        (*iov)->iov_base = (uint8_t *)(*iov)->iov_base + k;
-        (*iov)->iov_len -= k;
-    }
-}
 
-/* A signal (Ctrl-C: Python's SIGINT handler interrupts system calls) arrived before any
- * byte moved. Retrying would block again with the handler still pending, and a Python
- * fallback would meet KeyboardInterrupt before its `try`, so the call ends with a trap and
- * the pending handler raises as soon as control is back in Python (`enarx`: exit 130). */
-#define INTERRUPTED INT64_MIN
 
 /* 0 when ready, -1 when a signal interrupted the wait. */
 static int wait_forever(int fd, short events) {
@@ -344,13 +341,14 @@ void *fastio_fd_read(void *env, void *caller, uint64_t *vals, size_t nvals) {
              out = (uint32_t)vals[6];
     size_t size;
     uint8_t *mem;
-    if (fd >= MAP_SIZE || st->host_fd[fd] < 0 || !(st->flags[fd] & F_READ) ||
+    int enc = fd < MAP_SIZE && (st->flags[fd] & F_ENC);
+    if (fd >= MAP_SIZE || !(st->flags[fd] & F_READ) ||
+        (enc ? !enc_valid(st->enc[fd]) || *st->pos[fd] < 0 : st->host_fd[fd] < 0) ||
         !(mem = memory(st, caller, &size))) {
         st->fallback_calls++;
         return st->py_read(NULL, caller, vals, nvals);
     }
     st->native_calls++;
-    int hfd = st->host_fd[fd], stdio = st->flags[fd] & F_STDIO;
     struct iovec iov[MAX_IOVECS];
     size_t total;
     int n = iovecs(mem, size, iovp, cnt, iov, &total);
@@ -358,12 +356,22 @@ void *fastio_fd_read(void *env, void *caller, uint64_t *vals, size_t nvals) {
         vals[0] = WASI_EFAULT;
         return NULL;
     }
-    if (stdio && st->has_deadline) {
-        int w = wait_deadline(st, hfd, POLLIN | POLLPRI);
-        if (w == -1) return deadline_trap(st);
-        if (w == -2) goto interrupted;
+    int64_t r;
+    if (enc) {
+        r = enc_read(st->enc[fd], (uint64_t)*st->pos[fd], iov, n, total);
+        if (r >= 0)
+            *st->pos[fd] += r; /* as the Python path: the offset moves before `out` is written */
+        else if (r != INTERRUPTED)
+            r = -(int64_t)wasi_errno(st, (int)-r);
+    } else {
+        int hfd = st->host_fd[fd], stdio = st->flags[fd] & F_STDIO;
+        if (stdio && st->has_deadline) {
+            int w = wait_deadline(st, hfd, POLLIN | POLLPRI);
+            if (w == -1) return deadline_trap(st);
+            if (w == -2) goto interrupted;
+        }
+        r = stdio ? stdio_read(st, hfd, iov, n) : plain(st, readv(hfd, iov, n));
     }
-    int64_t r = stdio ? stdio_read(st, hfd, iov, n) : plain(st, readv(hfd, iov, n));
     if (r == INTERRUPTED) goto interrupted;
     if (r < 0) {
         vals[0] = (uint64_t)(-r);

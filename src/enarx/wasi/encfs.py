@@ -5,8 +5,9 @@ is not a host directory fd: its names and contents are ciphertext on the host, a
 :class:`enarx.encdir.EncDir` (holding the key, in this process) reads and writes them.
 :class:`EncDirHandle` is the pre-open (and every directory opened beneath it),
 :class:`EncFileHandle` a file opened beneath it, with its own offset. The path calls hand
-these directories off here as they hand :mod:`enarx.wasi.memfs` ones to memory, and the
-native fast path never serves them (it only takes exact ``FileHandle``/``StdioHandle``).
+these directories off here as they hand :mod:`enarx.wasi.memfs` ones to memory. The native
+fast path serves ``fd_read`` on a readable :class:`EncFileHandle` (:mod:`enarx.wasi.encnative`:
+the handle's offset lives in a ``ctypes`` integer both sides use); everything else is here.
 
 Guest paths are resolved here one component at a time, as :mod:`enarx.wasi.resolve` does on
 host fds: ``.`` is skipped, ``..`` pops a directory already checked, nothing climbs above the
@@ -26,6 +27,7 @@ the old path (its next call answers ``ENOENT``); a hard link to a symlink is a c
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import time
 from collections.abc import Iterator, Sequence
@@ -47,6 +49,7 @@ Parts = tuple[bytes, ...]
 _HOST_ERRNO = {int(Errno.IO): errno.EIO, int(Errno.NOSPC): errno.ENOSPC,
                int(Errno.ROFS): errno.EROFS, int(Errno.DQUOT): errno.EDQUOT}
 _DEV = 0x454E4344  # "ENCD": a device number no host file system uses
+_MAX_OFFSET = (1 << 63) - 1  # as off_t: a seek beyond is EINVAL, as on Linux
 _WRITE_RIGHTS = (abi.RIGHT_FD_WRITE | abi.RIGHT_FD_DATASYNC | abi.RIGHT_FD_ALLOCATE
                  | abi.RIGHT_FD_FILESTAT_SET_SIZE)
 
@@ -440,7 +443,8 @@ class EncFileHandle(Handle):
         self.writable = writable
         self.readonly = readonly
         self.fdflags = fdflags
-        self._pos = 0
+        #: the offset, shared with the native read path (enarx.wasi.encnative)
+        self.pos = ctypes.c_int64(0)
         rights = abi.RIGHTS_FILE
         if not readable:
             rights &= ~abi.RIGHT_FD_READ
@@ -477,19 +481,21 @@ class EncFileHandle(Handle):
             return int(self.file.pwrite(data, offset)) if data else 0
 
     def read(self, bufs: Sequence[memoryview]) -> int:
-        n = self._pread(bufs, self._pos)
-        self._pos += n
+        pos = self.pos
+        n = self._pread(bufs, pos.value)
+        pos.value += n
         return n
 
     def pread(self, bufs: Sequence[memoryview], offset: int) -> int:
         return self._pread(bufs, offset)
 
     def write(self, bufs: Sequence[memoryview]) -> int:
+        pos = self.pos
         if self.fdflags & abi.FDFLAG_APPEND:
             with core_errors():
-                self._pos = self.file.size()
-        n = self._pwrite(bufs, self._pos)
-        self._pos += n
+                pos.value = self.file.size()
+        n = self._pwrite(bufs, pos.value)
+        pos.value += n
         return n
 
     def pwrite(self, bufs: Sequence[memoryview], offset: int) -> int:
@@ -500,13 +506,13 @@ class EncFileHandle(Handle):
             with core_errors():
                 base = self.file.size()
         else:
-            base = {abi.WHENCE_SET: 0, abi.WHENCE_CUR: self._pos}.get(whence, -1)
+            base = {abi.WHENCE_SET: 0, abi.WHENCE_CUR: self.pos.value}.get(whence, -1)
             if base < 0:
                 raise WasiError(Errno.INVAL)
-        if base + offset < 0:
+        if not 0 <= base + offset <= _MAX_OFFSET:
             raise WasiError(Errno.INVAL)
-        self._pos = base + offset
-        return self._pos
+        self.pos.value = base + offset
+        return self.pos.value
 
     # --- metadata ---------------------------------------------------------------------------
     def filestat(self) -> Filestat:
@@ -549,7 +555,7 @@ class EncFileHandle(Handle):
 
     def nbytes_readable(self) -> int:
         try:
-            return max(0, int(self.file.size()) - self._pos)
+            return max(0, int(self.file.size()) - self.pos.value)
         except Exception:
             return 0
 

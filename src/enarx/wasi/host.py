@@ -38,8 +38,9 @@ from typing import Any, cast
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from enarx.wasi import abi, native
+from enarx.wasi import abi, encnative, native
 from enarx.wasi.abi import U32, U64, Errno, Filetype, WasiError
+from enarx.wasi.encfs import EncDirHandle, EncFileHandle
 from enarx.wasi.fdcalls import FdCalls
 from enarx.wasi.fdtable import FdTable, FileHandle, StdioHandle
 from enarx.wasi.fuel import FuelExhausted
@@ -248,8 +249,10 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
             self._fastio = native.FastIO(
                 lib, addr, ctypes.cast(raws["fd_write"], ctypes.c_void_p).value or 0
             )
-            for fd, _h in self.fds.items():
+            for fd, h in self.fds.items():
                 self._native_sync(fd)
+                if isinstance(h, EncDirHandle):
+                    encnative.ready(lib)  # its one-time cost before the guest runs
             self._fastio.set_deadline(self.deadline)  # run() sets it before link()
         i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
         for name, (sig, returns) in SIGNATURES.items():
@@ -316,7 +319,8 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
 
     def _native_sync(self, fd: int) -> None:
         """Tell the C side whether it may serve ``fd``: an exact StdioHandle (blocking) or
-        FileHandle on a regular file, with the rights it has; all others stay in Python."""
+        FileHandle on a regular file, with the rights it has, or a readable file of an
+        encrypted pre-open (reads only); all others stay in Python."""
         assert self._fastio is not None
         h = self.fds.lookup(fd)
         if h is None:
@@ -324,7 +328,12 @@ class WasiHost(FdCalls, PathCalls, PollCalls):
             return
         entry: tuple[int, int] | None = None
         t = type(h)
-        if (
+        if isinstance(h, EncFileHandle):
+            if h.rights_base & abi.RIGHT_FD_READ and encnative.attach(
+                self._fastio, fd, h.file, h.pos
+            ):
+                return
+        elif (
             (t is StdioHandle and not h.fdflags)
             or (t is FileHandle and h.filetype == Filetype.REGULAR_FILE)
         ):

@@ -4,6 +4,8 @@ A WASI call through the Python shim costs a ctypes trampoline plus interpreter w
 ``_fastio.c`` serves ``fd_read``/``fd_write`` on stdio and regular files in C (~0.3 µs) and
 hands every other call to the Python callback unchanged, so the guest sees one behaviour
 (errno for errno, byte for byte). With fuel metering on, every call goes to Python.
+``_encread.c`` (driven by :mod:`enarx.wasi.encnative`) serves ``fd_read`` on files of
+encrypted pre-opens the same way; the library is built from :data:`SOURCES` together.
 
 Building: the system ``cc``/``gcc``, else ``python -m ziglang cc``; quiet, bounded by a
 timeout, and any failure just means the pure-Python path. ``ENARX_NATIVE=0`` forces that
@@ -50,7 +52,9 @@ from enarx.wasi.abi import from_oserror
 
 __all__ = ["F_READ", "F_STDIO", "F_WRITE", "MAP_SIZE", "FastIO", "enabled", "library"]
 
-SOURCE = Path(__file__).with_name("_fastio.c")
+_HERE = Path(__file__).parent
+#: the C files of the library (compiled together; a change to any one rebuilds it)
+SOURCES = (_HERE / "_fastio.h", _HERE / "_fastio.c", _HERE / "_encread.c")
 MAP_SIZE = 1024  # guest fds below this can be served natively (MAP_SIZE in _fastio.c)
 F_READ, F_WRITE, F_STDIO = 1, 2, 4
 _BUILD_TIMEOUT = 60.0
@@ -114,12 +118,15 @@ def _load_or_build() -> ctypes.CDLL | None:
     if found is None:
         return None
     cc, cc_file = found
-    src = SOURCE.read_bytes()
+    src = {p.name: p.read_bytes() for p in SOURCES}
     ident = "|".join(
         [_identity(cc_file), _identity(ffi.dll._name), platform.machine(),
          sys.implementation.cache_tag or ""]
     )  # fmt: skip
-    key = hashlib.sha256(src + b"\0" + ident.encode()).hexdigest()[:32]
+    digest = hashlib.sha256()
+    for name, text in src.items():
+        digest.update(f"{name}\0{len(text)}\0".encode() + text)
+    key = hashlib.sha256(digest.digest() + b"\0" + ident.encode()).hexdigest()[:32]
     cache, records = cache_dir("native", env="ENARX_NATIVE_DIR"), state_dir("native")
     if not (_private_dir(cache) and _private_dir(records)):
         return None
@@ -146,15 +153,17 @@ def _load_verified(lib_path: Path, record: Path) -> ctypes.CDLL | None:
     return _dlopen(data)
 
 
-def _build(cc: list[str], src: bytes, cache: Path) -> bytes | None:
+def _build(cc: list[str], src: dict[str, bytes], cache: Path) -> bytes | None:
     import subprocess  # only when building: ~3 ms of every start-up otherwise
 
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        c, out = Path(tmp) / "_fastio.c", Path(tmp) / "_fastio.so"
-        c.write_bytes(src)
+        out = Path(tmp) / "_fastio.so"
+        for name, data in src.items():
+            (Path(tmp) / name).write_bytes(data)
+        units = [str(Path(tmp) / name) for name in src if name.endswith(".c")]
         try:
             done = subprocess.run(
-                [*cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(c)],
+                [*cc, "-O2", "-shared", "-fPIC", "-o", str(out), *units],
                 capture_output=True,
                 timeout=_BUILD_TIMEOUT,
                 check=False,
@@ -188,6 +197,19 @@ def _dlopen(data: bytes) -> ctypes.CDLL:
         ctypes.c_int64,
     ]
     lib.fastio_stats.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]
+    lib.fastio_set_enc.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p,
+                                   ctypes.c_void_p]
+    lib.fastio_enc_new.restype = ctypes.c_void_p
+    lib.fastio_enc_new.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
+    lib.fastio_enc_free.argtypes = [ctypes.c_void_p]
+    lib.fastio_enc_stale.argtypes = [ctypes.c_void_p]
+    lib.fastio_enc_set.argtypes = [
+        ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_char_p,
+        ctypes.c_void_p, ctypes.c_size_t,
+    ]  # fmt: skip
+    lib.fastio_enc_pread.restype = ctypes.c_int64
+    lib.fastio_enc_pread.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                     ctypes.c_uint64]
     return lib
 
 
@@ -230,18 +252,38 @@ class FastIO:
         self.fd_read = _addr_of(lib, "fastio_fd_read")
         self.fd_write = _addr_of(lib, "fastio_fd_write")
         self._map: dict[int, tuple[int, int]] = {}
+        # guest fd -> what its entry points into (an encrypted file's C state and the fd's
+        # position): kept alive here while the C side may use it
+        self._held: dict[int, tuple[object, object]] = {}
         weakref.finalize(self, lib.fastio_free, ctypes.c_void_p(state))
+
+    @property
+    def lib(self) -> ctypes.CDLL:
+        return self._lib
 
     def set(self, fd: int, entry: tuple[int, int] | None) -> None:
         """Guest ``fd`` is served natively as ``(host fd, F_* flags)``, or not (None)."""
         if self._map.get(fd) == entry or fd >= MAP_SIZE:
             return
+        self._held.pop(fd, None)
         if entry is None:
             del self._map[fd]
             self._lib.fastio_set_fd(self.state, fd, -1, 0)
         else:
             self._map[fd] = entry
             self._lib.fastio_set_fd(self.state, fd, *entry)
+
+    def set_enc(self, fd: int, enc: object, enc_ptr: int, pos: ctypes.c_int64) -> None:
+        """Guest ``fd`` reads the encrypted file whose C state is at ``enc_ptr`` (owned by
+        ``enc``) from position ``pos`` (see :mod:`enarx.wasi.encnative`)."""
+        if fd >= MAP_SIZE:
+            return
+        entry = (-enc_ptr, ctypes.addressof(pos))  # never equal to a (host fd, flags) pair
+        if self._map.get(fd) == entry:
+            return
+        self._map[fd] = entry
+        self._held[fd] = (enc, pos)
+        self._lib.fastio_set_enc(self.state, fd, enc_ptr, ctypes.addressof(pos))
 
     def set_deadline(self, deadline: float | None) -> None:
         """``deadline`` on ``time.monotonic()``'s clock (CLOCK_MONOTONIC on Linux)."""

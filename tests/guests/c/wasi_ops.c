@@ -29,7 +29,7 @@ static void hex(const uint8_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) printf("%02x", p[i]);
 }
 
-static uint8_t buf[65536];
+static uint8_t buf[4 * 65536];
 
 static void run(char *cmd) {
     nf = 0;
@@ -57,6 +57,24 @@ static void run(char *cmd) {
                          : __wasi_fd_read(num(1), &iov, 1, &n);
         printf("%d ", e);
         hex(buf, e ? 0 : n);
+    } else if (!strcmp(op, "readv")) {
+        /* readv|fd|len,len,...: one fd_read into that many buffers, laid out back to back
+         * in `buf` with one spare byte between them (which must stay untouched: 'x') */
+        __wasi_iovec_t iov[16];
+        size_t k = 0, at = 0;
+        for (char *s = (char *)str(2); *s && k < 16; k++) {
+            size_t len = strtoul(s, &s, 0);
+            if (at + len + 1 > sizeof buf) break;
+            if (*s == ',') s++;
+            iov[k].buf = buf + at;
+            iov[k].buf_len = len;
+            at += len + 1;
+        }
+        memset(buf, 'x', at);
+        __wasi_size_t n = 0;
+        e = __wasi_fd_read(num(1), iov, k, &n);
+        printf("%d ", e);
+        hex(buf, e ? 0 : at);
     } else if (!strcmp(op, "write") || !strcmp(op, "pwrite")) {
         __wasi_ciovec_t iov = {(const uint8_t *)str(2), strlen(str(2))};
         __wasi_size_t n = 0;
