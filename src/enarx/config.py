@@ -23,6 +23,7 @@ import difflib
 import ipaddress
 import re
 import tomllib
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -67,6 +68,7 @@ __all__ = [
     "ListenFile",
     "NullFile",
     "Secret",
+    "Source",
     "StderrFile",
     "StdinFile",
     "StdoutFile",
@@ -75,6 +77,7 @@ __all__ = [
     "file_name",
     "from_dict",
     "loads",
+    "parse",
     "parse_dir_flag",
     "parse_env_flag",
     "parse_size",
@@ -311,8 +314,24 @@ class Config(_Strict):
 _CONFIG = TypeAdapter(Config)
 
 
+@dataclass(frozen=True)
+class Source:
+    """Enarx.toml parsed once: its text, its TOML data (``tomllib``'s view, for callers that
+    rewrite the file; copy before changing it), the checked model and the path it came from."""
+
+    text: str
+    data: dict[str, Any]
+    config: Config
+    path: str | None = None
+
+
 def loads(text: str, *, path: str | None = None) -> Config:
     """Parse Enarx.toml text. Errors name the file, the line and the key at fault."""
+    return parse(text, path=path).config
+
+
+def parse(text: str, *, path: str | None = None) -> Source:
+    """:func:`loads`, keeping the text and the TOML data next to the model."""
     try:
         data = tomllib.loads(text)
     except RecursionError:
@@ -327,7 +346,7 @@ def loads(text: str, *, path: str | None = None) -> Config:
         line = int(m.group(1)) if m else (text.count("\n") + 1 if "end of document" in str(e) else None)
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e)) or "invalid TOML"
         raise ConfigError(msg, path=path, line=line, hint="check the TOML syntax") from None
-    return from_dict(data, text=text, path=path)
+    return Source(text, data, from_dict(data, text=text, path=path), path)
 
 
 _MAX_DEPTH = 100

@@ -8,7 +8,7 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from enarx.platform.collateral import (
 )
 from tests.attestation.snp_support import load_snp
 from tests.cliutil import RunEnarx
+from tests.quiethttp import QuietThreadingHTTPServer
 from tests.vectors import load_manifest, vector_dir
 
 
@@ -61,7 +62,7 @@ def vendor() -> Iterator[FakeVendor]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = QuietThreadingHTTPServer(("127.0.0.1", 0), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

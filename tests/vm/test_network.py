@@ -30,6 +30,7 @@ from tests.cliutil import ENARX, RunEnarx
 from tests.guestbuild import build_c
 from tests.net.netkeep import need_tool
 from tests.net.netpki import Pki, make_pki
+from tests.quiethttp import QuietHTTPServer
 
 KVM = ("--backend", "kvm")
 BOOT = 400.0  # seconds until the Keep listens: image, TCG boot, Python + wasmtime in the VM
@@ -377,11 +378,7 @@ def _https_on(addr: str, pki: Pki) -> Iterator[tuple[int, list[str]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    class Server(http.server.HTTPServer):
-        def handle_error(self, request: object, client_address: object) -> None:
-            pass  # a client closing its pooled keep-alive connection is not this test's subject
-
-    server = Server((addr, 0), Handler)
+    server = QuietHTTPServer((addr, 0), Handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(pki.server_cert, pki.server_key)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)

@@ -186,12 +186,13 @@ def test_enarx_toml_dirs_are_rewritten_to_mount_points(tmp_path: Path) -> None:
             '[[files]]\nkind = "stdout"\n'
             '[[files]]\nkind = "dir"\nhost = "data"\nreadonly = true\n'
             '[limits]\nfuel = 10\n')
-    (tmp_path / "Enarx.toml").write_text(text)
-    with plan([], str(tmp_path / "Enarx.toml")) as p:
+    source = config.parse(text, path=str(tmp_path / "Enarx.toml"))
+    with plan([], source) as p:
         assert p.config is not None
         before, after = tomllib.loads(text), tomllib.loads(p.config)
     before["files"][1].update(host="/mnt/enarx/0", guest="data")
     assert after == before
+    assert source.data == tomllib.loads(text)  # the parsed data is rewritten in a copy
     assert p.shares == (Share("enarx0", str(tmp_path / "data"), True),)
     # The workload identity (what a steward pins) is the same before and after.
     assert identity_of(b"m", config.loads(text)) == identity_of(b"m", config.loads(p.config))

@@ -152,8 +152,10 @@ def test_the_guest_sim_signs_the_launch_the_host_measured(
     wasm = build_c("cli_env.c").read_bytes()
     cfg = tmp_path / "Enarx.toml"
     cfg.write_text('args = ["x"]\n[env]\nB = "2"\n')
-    p = plan(host, wasm, str(cfg), dirs=[], args=("one",), env=[("A", "1")], fd_env=True)
     from enarx import config
+
+    p = plan(host, wasm, config.parse(cfg.read_text(), path=str(cfg)), dirs=[], args=("one",),
+             env=[("A", "1")], fd_env=True)
 
     assert p.identity == identity_of(wasm, config.loads(cfg.read_text()), extra_args=("one",),
                                      extra_env=[("A", "1")])

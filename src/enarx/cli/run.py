@@ -214,7 +214,8 @@ def run(
     from enarx.runtime.run import RunLimits
 
     # No Enarx.toml: conf is None and nothing imports the config model (start-up time).
-    conf, base_dir = _load_config(wasmcfgfile)
+    source, base_dir = _read_config(wasmcfgfile)
+    conf = source.config if source is not None else None
     # --dir paths are relative to the current directory, whatever Enarx.toml's location.
     extra_dirs = [_absolute(parse_dir_spec(d)) for d in dirs]
     extra_env = [parse_env_flag(e) for e in envs]
@@ -245,7 +246,7 @@ def run(
     if chosen.vm_mode() is not None or vm:  # one VM per workload: kvm, sim --vm, sev-snp/tdx
         from enarx.vm.launcher import run_cli  # on a host: the same inputs, run inside
 
-        sys.exit(run_cli(wasm, module.name, wasmcfgfile, dirs=extra_dirs, args=args,
+        sys.exit(run_cli(wasm, module.name, source, dirs=extra_dirs, args=args,
                          env=extra_env, limits=limits, fd_env=not no_fd_env, steward=target,
                          warn=warn, backend=chosen) & 0xFF)
     code = run_workload(
@@ -304,6 +305,13 @@ def _absolute(spec: Any) -> Any:
 
 def _load_config(path: str | None):  # type: ignore[no-untyped-def]
     """Enarx.toml (or None: the upstream default, stdio only). Relative dirs resolve next to it."""
+    source, base_dir = _read_config(path)
+    return (source.config if source is not None else None), base_dir
+
+
+def _read_config(path: str | None):  # type: ignore[no-untyped-def]
+    """:func:`_load_config` with the file's text and TOML data (``config.Source``): read and
+    parsed once, then handed on (a VM Keep's launcher needs all three)."""
     if path is None:
         return None, "."
     from enarx import config as cfg
@@ -316,7 +324,7 @@ def _load_config(path: str | None):  # type: ignore[no-untyped-def]
         ) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", path=path) from None
-    return cfg.loads(text, path=path), os.path.dirname(os.path.abspath(path))
+    return cfg.parse(text, path=path), os.path.dirname(os.path.abspath(path))
 
 
 def _progress(size: int) -> Callable[[], None]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from enarx.errors import PlatformError
+
+if TYPE_CHECKING:
+    from enarx.config import Source
 
 __all__ = ["HostLaunch", "guest_kernel_lacks", "identity_binding", "plan"]
 
@@ -65,7 +68,7 @@ def _check_kernel(mode: str, label: str) -> None:
                             "and point ENARX_VM_KERNEL_RELEASE at it (docs/vm-keeps.md)")
 
 
-def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
+def plan(backend: Any, wasm: bytes, source: Source | None, *, dirs: list[Any],
          args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> HostLaunch:
     """The launch for ``backend`` (an SnpBackend/TdxBackend in host mode); PlatformError naming
     the first missing piece (QEMU too old, no firmware) otherwise."""
@@ -86,6 +89,6 @@ def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
         _check_ovmf(Path(firmware))  # no kernel-hashes: the image would go unmeasured
     from enarx.vm.simlaunch import run_identity
 
-    ident = run_identity(wasm, wasmcfgfile, dirs=dirs, args=args, env=env, fd_env=fd_env)
+    ident = run_identity(wasm, source, dirs=dirs, args=args, env=env, fd_env=fd_env)
     return HostLaunch(mode=mode_name, firmware=firmware,
                       identity=identity_binding(mode_name, ident), workload=ident)

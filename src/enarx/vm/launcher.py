@@ -30,6 +30,7 @@ from enarx.vm.network import NetSpec
 from enarx.vm.qemu import VmSpec, command_line
 
 if TYPE_CHECKING:
+    from enarx.config import Source
     from enarx.vm.hostlaunch import HostLaunch
     from enarx.vm.simlaunch import SimPlan
 from enarx.vm.shares import Share
@@ -352,37 +353,40 @@ def _pump_stdin(fd: int, sock: socket.socket) -> None:
         pass
 
 
-def run_cli(wasm: bytes, argv0: str, wasmcfgfile: str | None, *, dirs: list[Any],
+def run_cli(wasm: bytes, argv0: str, wasmcfgfile: str | Source | None, *, dirs: list[Any],
             args: tuple[str, ...], env: list[tuple[str, str]], limits: Any, fd_env: bool,
             steward: Any, warn: Callable[[str], None], backend: Any = None) -> int:
     """``enarx run --backend kvm``: the same inputs as on nil, run in a VM Keep (and
     ``--backend sev-snp|tdx`` on an SNP/TDX host: a confidential VM, vm/hostlaunch.py;
     ``--backend sim --vm``: a sim VM Keep, vm/simlaunch.py). With a steward the Keep attests
-    from inside the VM."""
+    from inside the VM. ``wasmcfgfile``: Enarx.toml's path, or the ``config.Source`` the
+    caller already parsed; either way it is read and parsed once, here or there, and that
+    one parse serves the identity, the shares, the network and the request."""
+    source = _read_source(wasmcfgfile) if isinstance(wasmcfgfile, str) else wasmcfgfile
     launch = None
     if backend is not None and backend.vm_mode() in ("snp", "tdx"):
         from enarx.vm.hostlaunch import plan as host_plan
 
-        launch = host_plan(backend, wasm, wasmcfgfile, dirs=dirs, args=args, env=env,
+        launch = host_plan(backend, wasm, source, dirs=dirs, args=args, env=env,
                            fd_env=fd_env)
 
     sim = None
     if backend is not None and backend.name == "sim":  # a sim VM Keep (vm/simlaunch.py)
         from enarx.vm.simlaunch import plan as sim_plan
 
-        sim = sim_plan(backend, wasm, wasmcfgfile, dirs=dirs, args=args, env=env,
+        sim = sim_plan(backend, wasm, source, dirs=dirs, args=args, env=env,
                        fd_env=fd_env)
     from enarx.vm.shares import plan
 
     # Every pre-open is checked (and Enarx.toml's dir entries rewritten) before any boot.
-    shares = plan(dirs, wasmcfgfile)
+    shares = plan(dirs, source)
     with shares:  # encrypted directories' locks: held while the VM runs, freed on a refusal
         config = shares.config
         max_memory = None if limits.max_memory == 4 << 30 else int(limits.max_memory)
         from enarx.vm.network import for_workload
 
         # listen/connect entries: a NIC, forwarded ports checked before any boot
-        net, net_req = for_workload(config, wasmcfgfile, outbound=steward is not None)
+        net, net_req = for_workload(source, outbound=steward is not None)
         req = VmRequest(wasm=wasm, argv0=argv0, config=config, args=tuple(args),
                         env=tuple((str(k), str(v)) for k, v in env), max_memory=max_memory,
                         timeout=limits.timeout, fuel=limits.fuel, fd_env=fd_env,
@@ -395,3 +399,11 @@ def run_cli(wasm: bytes, argv0: str, wasmcfgfile: str | None, *, dirs: list[Any]
 
             req.extra["steward"] = steward_request(steward)
         return run_in_vm(req, warn=warn)
+
+
+def _read_source(path: str) -> Source:
+    """Enarx.toml at ``path``, read and parsed (for callers that pass a path)."""
+    from enarx import config
+
+    with open(path, encoding="utf-8") as fh:
+        return config.parse(fh.read(), path=path)

@@ -26,10 +26,13 @@ import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from enarx.errors import ResourceError, UsageError
 from enarx.vm import guestnet
+
+if TYPE_CHECKING:
+    from enarx.config import Source
 
 __all__ = ["Forward", "NetSpec", "check_ports", "describe", "for_workload", "plan", "qemu_args",
            "qemu_error", "request", "resolve_files"]
@@ -205,21 +208,18 @@ def request(net: NetSpec, pem_files: Mapping[str, str]) -> dict[str, Any]:
             "outbound": net.outbound, "files": dict(pem_files)}
 
 
-def for_workload(config_text: str | None, config_path: str | None, *,
+def for_workload(source: Source | None, *,
                  outbound: bool = False) -> tuple[NetSpec | None, dict[str, Any]]:
-    """``enarx run --backend kvm``: the NIC for an Enarx.toml (text, and its path for relative
-    PEM files) and the request keys to send. Refuses unusable ports before anything boots,
-    then prints one line per forwarded port on stderr."""
-    files = None
-    if config_text is not None:
-        from enarx import config
-
-        files = config.loads(config_text, path=config_path).files
+    """``enarx run --backend kvm``: the NIC for an Enarx.toml (as the launcher parsed it; its
+    path places relative PEM files) and the request keys to send. Refuses unusable ports
+    before anything boots, then prints one line per forwarded port on stderr."""
+    files = source.config.files if source is not None else None
     net = plan(files, outbound=outbound)
     if net is None:
         return None, {}
     check_ports(net)
-    base = os.path.dirname(os.path.abspath(config_path)) if config_path else "."
+    path = source.path if source is not None else None
+    base = os.path.dirname(os.path.abspath(path)) if path else "."
     pem = resolve_files(files, base)
     import sys
 

@@ -18,12 +18,16 @@ Guest side (:func:`mount_all`, :func:`inner_dir_args`): the agent mounts each ta
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enarx.config import Source
 
 __all__ = ["MAX_SHARES", "MOUNT_ROOT", "MSIZE", "HostShares", "Share", "inner_dir_args",
            "mount_all", "mount_point", "plan", "qemu_args", "qemu_escape", "toml_dumps",
@@ -178,16 +182,17 @@ def _lock_marker(host: str, readonly: bool) -> int:
     return fd
 
 
-def plan(dirs: Sequence[Any], wasmcfgfile: str | None) -> HostShares:
+def plan(dirs: Sequence[Any], source: Source | None) -> HostShares:
     """Check every pre-open of ``enarx run --backend kvm`` and decide the shares (I/O).
 
-    ``dirs`` are the ``--dir`` specs with absolute host (and key file) paths; Enarx.toml's
-    relative ``host`` and ``encryption_key_file`` resolve next to it, as on nil.
+    ``dirs`` are the ``--dir`` specs with absolute host (and key file) paths; Enarx.toml
+    (``source``, as the launcher parsed it): its relative ``host`` and
+    ``encryption_key_file`` resolve next to it, as on nil.
     """
     p = _Planner()
     try:
-        if wasmcfgfile is not None:
-            p.out.config = _rewrite_config(p, wasmcfgfile)
+        if source is not None:
+            p.out.config = _rewrite_config(p, source)
         extra = []
         for d in dirs:
             where = f"--dir {d.host}"
@@ -207,19 +212,16 @@ def plan(dirs: Sequence[Any], wasmcfgfile: str | None) -> HostShares:
     return p.out
 
 
-def _rewrite_config(p: _Planner, path: str) -> str:
+def _rewrite_config(p: _Planner, source: Source) -> str:
     """Enarx.toml's text, its ``dir`` entries naming their shares' mount points instead of
-    host paths (unchanged text when it has none). The caller already validated the file."""
-    import tomllib
-
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    data = tomllib.loads(text)
-    files = data.get("files")
+    host paths (unchanged text when it has none). ``source`` is already validated."""
+    files = source.data.get("files")
     if not isinstance(files, list) or not any(
             isinstance(f, dict) and f.get("kind") == "dir" for f in files):
-        return text
-    base = os.path.dirname(os.path.abspath(path))
+        return source.text
+    data = copy.deepcopy(source.data)  # the parsed data stays as read
+    files = data["files"]
+    base = os.path.dirname(os.path.abspath(source.path or "Enarx.toml"))
     for index, f in enumerate(files):
         if not (isinstance(f, dict) and f.get("kind") == "dir"):
             continue

@@ -24,7 +24,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from enarx.config import Source
 
 __all__ = ["STEWARD_CA", "VCPUS", "SimPlan", "plan", "prepare_inner", "run_identity",
            "steward_args", "steward_request"]
@@ -56,25 +59,21 @@ class SimPlan:
                 "workload": self.identity, "chip": self.backend.chip_material()}
 
 
-def run_identity(wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
+def run_identity(wasm: bytes, source: Source | None, *, dirs: list[Any],
                  args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> str:
     """The workload identity the VM Keep's inner run claims (what `enarx identity` prints):
-    what a sim or confidential launch binds into HOST_DATA / MRCONFIGID."""
+    what a sim or confidential launch binds into HOST_DATA / MRCONFIGID. ``source``: the
+    Enarx.toml the launcher parsed (None: none)."""
     from enarx.workload import identity_of
 
-    conf = None
-    if wasmcfgfile is not None:
-        from enarx import config as cfg
-
-        conf = cfg.loads(Path(wasmcfgfile).read_text(encoding="utf-8"), path=wasmcfgfile)
-    return identity_of(wasm, conf, extra_dirs=dirs, extra_args=args, extra_env=env,
-                       fd_env=fd_env)
+    return identity_of(wasm, source.config if source is not None else None, extra_dirs=dirs,
+                       extra_args=args, extra_env=env, fd_env=fd_env)
 
 
-def plan(backend: Any, wasm: bytes, wasmcfgfile: str | None, *, dirs: list[Any],
+def plan(backend: Any, wasm: bytes, source: Source | None, *, dirs: list[Any],
          args: tuple[str, ...], env: list[tuple[str, str]], fd_env: bool) -> SimPlan:
     """The sim plan of ``enarx run --backend sim --vm``: the identity the inner run claims."""
-    return SimPlan(backend=backend, identity=run_identity(wasm, wasmcfgfile, dirs=dirs,
+    return SimPlan(backend=backend, identity=run_identity(wasm, source, dirs=dirs,
                                                           args=args, env=env, fd_env=fd_env))
 
 

@@ -37,7 +37,7 @@ from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError, from_oserror
 from enarx.wasi.dirhandle import DIRENT_SIZE, Dirent, DirHandle
 from enarx.wasi.fdtable import FILE_METADATA_RIGHTS, Filestat, Handle
-from enarx.wasi.resolve import MAX_SYMLINK_EXPANSIONS, check_path, stays_inside
+from enarx.wasi.resolve import PathWalk, check_path, stays_inside
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import DirStreams
@@ -161,15 +161,9 @@ class EncDirHandle(DirHandle):
         """(components from the encrypted root, names a directory: a trailing ``/``);
         symlinks are followed in every component but the last, and in the last when
         ``follow`` (the result then names no symlink, or something that does not exist)."""
-        check_path(path)
-        if not path:
-            raise WasiError(Errno.NOENT)
-        if path.startswith(b"/"):
-            raise WasiError(Errno.PERM)
-        must_dir = path.endswith(b"/")
-        todo = [c for c in reversed(path.split(b"/")) if c]  # next component at the end
+        walk = PathWalk(path)  # the checks and the component stack of resolve.py's walk
+        todo = walk.todo
         stack: list[bytes] = []  # every entry checked to be a directory but a last one
-        expansions = 0
         while todo:
             comp = todo.pop()
             last = not todo
@@ -179,7 +173,7 @@ class EncDirHandle(DirHandle):
                         raise WasiError(Errno.PERM)
                     stack.pop()
                 if last:
-                    must_dir = True
+                    walk.must_dir = True
                 continue
             if len(comp) > 255:
                 raise WasiError(Errno.NAMETOOLONG)
@@ -195,20 +189,13 @@ class EncDirHandle(DirHandle):
                     break
                 raise
             if _kind_is_link(node):
-                expansions += 1
-                if expansions > MAX_SYMLINK_EXPANSIONS:
-                    raise WasiError(Errno.LOOP)
-                target = self._readlink(here)
-                if target.startswith(b"/"):
-                    raise WasiError(Errno.PERM)
-                if last and target.endswith(b"/"):
-                    must_dir = True
-                todo.extend(c for c in reversed(target.split(b"/")) if c)
+                walk.count_expansion()
+                walk.splice(self._readlink(here), last)
                 continue
             if not last and not _kind_is_dir(node):
                 raise WasiError(Errno.NOTDIR)
             stack.append(comp)
-        return self.parts + tuple(stack), must_dir
+        return self.parts + tuple(stack), walk.must_dir
 
     def _node(self, path: bytes, follow: bool = True) -> tuple[Parts, Any]:
         parts, must_dir = self.resolve(path, follow=follow or path.endswith(b"/"))

@@ -24,7 +24,8 @@ import os
 
 from enarx.wasi.abi import Errno, WasiError, from_oserror
 
-__all__ = ["MAX_SYMLINK_EXPANSIONS", "Resolved", "check_path", "resolve", "stays_inside"]
+__all__ = ["MAX_SYMLINK_EXPANSIONS", "PathWalk", "Resolved", "check_path", "resolve",
+           "stays_inside"]
 
 MAX_SYMLINK_EXPANSIONS = 40
 _WALK_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -81,6 +82,40 @@ def check_path(path: bytes) -> None:
         raise WasiError(Errno.ILSEQ) from None
 
 
+class PathWalk:
+    """The part of a walk that does not depend on what is walked (host fds here, the
+    encrypted tree in wasi/encfs.py): the guest path checked and split into ``todo``, a
+    stack of components (the next one at the end), ``must_dir`` (the path, or the last
+    symlink followed, ends in ``/``) and the symlink expansions so far."""
+
+    __slots__ = ("expansions", "must_dir", "todo")
+
+    def __init__(self, path: bytes) -> None:
+        check_path(path)
+        if not path:
+            raise WasiError(Errno.NOENT)
+        if path.startswith(b"/"):
+            raise WasiError(Errno.PERM)
+        self.must_dir = path.endswith(b"/")
+        self.todo = [c for c in reversed(path.split(b"/")) if c]
+        self.expansions = 0
+
+    def count_expansion(self) -> None:
+        """One more symlink followed: more than :data:`MAX_SYMLINK_EXPANSIONS` is ``ELOOP``."""
+        self.expansions += 1
+        if self.expansions > MAX_SYMLINK_EXPANSIONS:
+            raise WasiError(Errno.LOOP)
+
+    def splice(self, target: bytes, last: bool) -> None:
+        """Walk on through the symlink ``target`` in place of the component just taken
+        (``last``: it was the path's last one); an absolute target is an escape (``EPERM``)."""
+        if target.startswith(b"/"):
+            raise WasiError(Errno.PERM)
+        if last and target.endswith(b"/"):
+            self.must_dir = True
+        self.todo.extend(c for c in reversed(target.split(b"/")) if c)
+
+
 def stays_inside(depth: int, target: bytes) -> bool:
     """Whether the relative symlink ``target``, placed ``depth`` directories below the
     pre-open root, names something inside it when read lexically (as host tools read it:
@@ -101,15 +136,9 @@ def resolve(root_fd: int, path: bytes, *, follow: bool) -> Resolved:
 
     Raises WasiError (ENOENT, ENOTDIR, ELOOP, EPERM for escapes, ...).
     """
-    check_path(path)
-    if not path:
-        raise WasiError(Errno.NOENT)
-    if path.startswith(b"/"):
-        raise WasiError(Errno.PERM)
-    must_dir = path.endswith(b"/")
-    todo = [c for c in reversed(path.split(b"/")) if c]  # a stack: next component at the end
+    walk = PathWalk(path)
+    todo = walk.todo  # a stack: next component at the end
     fds = [root_fd]
-    expansions = 0
     try:
         while todo:
             comp = todo.pop()
@@ -127,11 +156,11 @@ def resolve(root_fd: int, path: bytes, *, follow: bool) -> Resolved:
                 continue
             cur = fds[-1]
             if last and not follow:
-                return Resolved(fds, comp, must_dir)
+                return Resolved(fds, comp, walk.must_dir)
             if last:
                 target = _readlink(cur, comp)
                 if target is None:
-                    return Resolved(fds, comp, must_dir)
+                    return Resolved(fds, comp, walk.must_dir)
             else:
                 try:
                     fds.append(os.open(comp, _WALK_FLAGS, dir_fd=cur))
@@ -142,16 +171,10 @@ def resolve(root_fd: int, path: bytes, *, follow: bool) -> Resolved:
                 target = _readlink(cur, comp)
                 if target is None:
                     raise WasiError(Errno.NOTDIR)
-            expansions += 1
-            if expansions > MAX_SYMLINK_EXPANSIONS:
-                raise WasiError(Errno.LOOP)
+            walk.count_expansion()
             if not target:
                 raise WasiError(Errno.NOENT)
-            if target.startswith(b"/"):
-                raise WasiError(Errno.PERM)
-            if last and target.endswith(b"/"):
-                must_dir = True
-            todo.extend(c for c in reversed(target.split(b"/")) if c)
+            walk.splice(target, last)
             if not todo:  # target was only slashes: treat as the directory itself
                 return Resolved(fds, b".", True)
         return Resolved(fds, b".", True)
