@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from enarx.cli.run import RunCommand
-from enarx.errors import ConfigError, UsageError, WorkloadNotFound
+from enarx.cli.run import RunCommand, _load_config
+from enarx.errors import UsageError, WorkloadNotFound
 
 __all__ = ["identity"]
 
@@ -80,7 +80,7 @@ def identity(
         _package_identity(module, as_json=as_json, allow_insecure=allow_insecure)
         return
     module_path = Path(module)
-    conf = _load_config(wasmcfgfile)
+    conf, _ = _load_config(wasmcfgfile)  # the same reading and errors as `enarx run`
     extra_dirs = [parse_dir_spec(d) for d in dirs]
     extra_env = [parse_env_flag(e) for e in envs]
     try:
@@ -130,21 +130,6 @@ def _package_identity(arg: str, *, as_json: bool, allow_insecure: bool) -> None:
         print_json({k: info[k] for k in ("identity", "tree", "encrypted", "files") if k in info})
     else:
         click.echo(info["identity"])
-
-
-def _load_config(path: str | None):  # type: ignore[no-untyped-def]
-    if path is None:
-        return None
-    from enarx import config as cfg
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path,
-                          hint="create one with `enarx config init`") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e}", path=path) from None
-    return cfg.loads(text, path=path)
 
 
 def _accept_run_options(command: click.Command) -> None:
