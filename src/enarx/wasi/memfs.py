@@ -24,7 +24,7 @@ from enarx.wasi import abi
 from enarx.wasi.abi import Errno, Filetype, WasiError
 from enarx.wasi.dirhandle import DIRENT_SIZE, Dirent, DirHandle
 from enarx.wasi.fdtable import Filestat, Handle
-from enarx.wasi.resolve import check_path
+from enarx.wasi.resolve import PathWalk
 
 if TYPE_CHECKING:
     from enarx.wasi.fdtable import DirStreams
@@ -171,14 +171,9 @@ class MemDirHandle(DirHandle):
 
     # --- lookups used by the path calls ---------------------------------------------------
     def _walk(self, path: bytes, *, follow: bool = True) -> _Node:
-        check_path(path)
-        if not path:
-            raise WasiError(Errno.NOENT)
-        if path.startswith(b"/"):
-            raise WasiError(Errno.PERM)
+        walk = PathWalk(path)  # resolve.py's checks; nothing here is a symlink
         stack = [self._node]
-        parts = [c for c in path.split(b"/") if c]
-        for comp in parts:
+        for comp in reversed(walk.todo):
             cur = stack[-1]
             if cur.children is None:
                 raise WasiError(Errno.NOTDIR)
@@ -194,7 +189,7 @@ class MemDirHandle(DirHandle):
                 raise WasiError(Errno.NOENT)
             stack.append(nxt)
         node = stack[-1]
-        if path.endswith(b"/") and node.children is None:
+        if walk.must_dir and node.children is None:
             raise WasiError(Errno.NOTDIR)
         return node
 
