@@ -1,7 +1,12 @@
 """Benchmark: `enarx deploy` of the python3.11.wasm package vs `enarx run` of the same files,
 per phase, in one run.
 
-    .venv/bin/python bench/deploy.py [RUNS]        (default 3; medians)
+    .venv/bin/python bench/deploy.py [RUNS] [--against SRC]     (default 3; medians)
+
+The four warm CLI rows are run interleaved (one of each per round), so load that drifts
+during the run shifts them alike. ``--against SRC`` also runs them, in the same rounds, with
+``PYTHONPATH=SRC`` (the ``src`` directory of a copy of another tree, e.g. before a change)
+and prints both, so a change is measured against its baseline in one run.
 
 The package is python3.11.wasm (20 MiB) as main.wasm, its stdlib (~1500 files, 29 MiB) under
 lib/python3.11, and an Enarx.toml that pre-opens that directory read-only at
@@ -89,7 +94,13 @@ def _package(dest: Path, wasm: Path, stdlib: Path) -> Path:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    args = sys.argv[1:]
+    against = None
+    if "--against" in args:
+        i = args.index("--against")
+        against = str(Path(args[i + 1]).resolve())
+        del args[i:i + 2]
+    runs = int(args[0]) if args else 3
     try:
         wasm, stdlib = guestbuild.python_wasm()
     except guestbuild.ToolchainMissing as e:
@@ -120,16 +131,19 @@ def main() -> None:
             run_argv = [str(ENARX), "run", "--backend", "sim", "--dir",
                         f"{stdlib}::{STDLIB_GUEST}:ro", "--env", "PYTHONHOME=/usr/local",
                         str(wasm), "-c", 'print("hi")']
-            base = _median(lambda: _timed(run_argv, env.env), runs)
             cfg_argv = [str(ENARX), "run", "--backend", "sim", "--wasmcfgfile",
                         str(plain / "Enarx.toml"), str(plain / "main.wasm")]
-            base_cfg = _median(lambda: _timed(cfg_argv, env.env), runs)
             plain_argv = [str(ENARX), "deploy", "--backend", "sim", "--allow-insecure",
                           f"file://{plain}"]
-            dep_plain = _median(lambda: _timed(plain_argv, env.env), runs)
             enc_argv = [str(ENARX), "deploy", "--backend", "sim", "--allow-insecure",
                         "--steward", s.url, "--steward-ca", str(s.ca), f"file://{tmp / 'enc'}"]
-            dep_enc = _median(lambda: _timed(enc_argv, env.env), runs)
+            envs = {"now": env.env}
+            if against is not None:
+                envs["against"] = {**env.env, "PYTHONPATH": against}
+            warm = _interleaved({"run": run_argv, "cfg": cfg_argv, "plain": plain_argv,
+                                 "enc": enc_argv}, envs, runs)
+            base, base_cfg, dep_plain, dep_enc = (warm["now", k]
+                                                  for k in ("run", "cfg", "plain", "enc"))
             dep_cold = _median(lambda: _timed([*enc_argv[:2], "--no-cache", *enc_argv[2:]],
                                               env.env), runs, warmup=0)
 
@@ -177,6 +191,8 @@ def main() -> None:
     print(f"| the same with --no-cache (compiles every run) | {dep_cold:.2f} s | "
           f"{dep_cold / base:.2f}x | report |")
     print(f"| compile_module of python3.11.wasm, no cache | {compile_s:.2f} s | | report |")
+    if against is not None:
+        _print_against(warm)
     print("\nPhases of the encrypted deploy (in process, median of "
           f"{runs}):\n\n| phase | time |\n|---|---|")
     for name, values in phases.items():
@@ -185,6 +201,32 @@ def main() -> None:
     print(f"\n| decrypt + recompute identity, whole package (in memory) | {ours * 1e3:.0f} ms "
           f"| raw AESGCM.decrypt per file {base_gcm * 1e3:.0f} ms | {base_gcm / ours:.2f}x "
           "| report (decryption alone: bench/package_crypt.py, goal >= 0.8x) |")
+
+
+def _interleaved(cmds: dict[str, list[str]], envs: dict[str, dict[str, str]],
+                 runs: int) -> dict[tuple[str, str], float]:
+    """Median seconds of each command under each environment, run round by round (one
+    warm-up round first)."""
+    times: dict[tuple[str, str], list[float]] = {(e, c): [] for e in envs for c in cmds}
+    for i in range(runs + 1):
+        for c, argv in cmds.items():
+            for e, env in envs.items():
+                t = _timed(argv, env)
+                if i:
+                    times[e, c].append(t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _print_against(warm: dict[tuple[str, str], float]) -> None:
+    rows = [("run", "`enarx run` + stdlib dir (baseline)"), ("cfg", "`enarx run --wasmcfgfile`"),
+            ("plain", "`enarx deploy file://` plaintext"),
+            ("enc", "`enarx deploy` encrypted + steward")]
+    print("\nInterleaved with --against, same rounds:\n\n| measure | against | now |\n"
+          "|---|---|---|")
+    for key, label in rows:
+        cells = [f"{warm[e, key]:.3f} s ({warm[e, key] / warm[e, 'run']:.2f}x)"
+                 for e in ("against", "now")]
+        print(f"| {label} | {cells[0]} | {cells[1]} |")
 
 
 def _clock(f: Callable[[], object]) -> float:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from enarx.package.errors import DigestMismatch, PackageError
-from enarx.package.local import read_package, write_package
+from enarx.package.local import load_files, read_package, write_package
 from enarx.package.tree import Entry, Tree
 
 WASM = b"\0asm\x01\0\0\0"
@@ -182,3 +182,23 @@ def test_files_beyond_the_keep_budget_are_read_again_and_verified(src: Path) -> 
     one = read_package(f, keep_max=1 << 20)
     f.write_bytes(b"changed")
     assert one.read("main.wasm") == WASM
+
+
+def test_load_files_reads_every_file_once_with_the_package_checks(src: Path,
+                                                                  tmp_path: Path) -> None:
+    files = load_files(src, max_file=4 << 20)
+    assert files == {p: (src / p).read_bytes() for p in Tree.build(src).files}
+    with pytest.raises(PackageError, match="larger than 1048576 bytes"):
+        load_files(src, max_file=1 << 20)
+    (src / "data" / "deep" / "X.txt").write_bytes(b"x")
+    with pytest.raises(PackageError, match="differ only in case"):
+        load_files(src, max_file=4 << 20)
+    (src / "data" / "deep" / "X.txt").unlink()
+    (src / "data" / "deep" / "x.txt").unlink()
+    os.symlink("../main.wasm", src / "data" / "deep" / "x.txt")
+    with pytest.raises(PackageError, match="symbolic link"):
+        load_files(src, max_file=4 << 20)
+    (src / "data" / "deep" / "x.txt").unlink()
+    os.mkfifo(src / "data" / "deep" / "x.txt")
+    with pytest.raises(PackageError, match="not a regular file"):
+        load_files(src, max_file=4 << 20)

@@ -23,6 +23,7 @@ from enarx.package.tree import (
     identity_of_files,
     media_type,
     package_identity,
+    walk_files,
 )
 
 WASM = b"\0asm\x01\0\0\0"
@@ -146,6 +147,17 @@ def test_case_folding_collisions_are_refused() -> None:
     e = hash_bytes(b"", "text/plain")
     with pytest.raises(PackageError, match="differ only in case"):
         Tree.from_files({"main.wasm": e, "A.txt": e, "a.txt": e})
+
+
+def test_case_folding_collisions_are_refused_while_listing(tmp_path: Path) -> None:
+    """Before any file is read: a reader that does not hash (a local encrypted package)
+    gets the same refusal."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "A.txt").write_bytes(b"")
+    (tmp_path / "d" / "a.txt").write_bytes(b"")
+    with pytest.raises(PackageError, match="differ only in case") as e:
+        next(walk_files(tmp_path))
+    assert e.value.path == "d"
 
 
 def test_check_package_requires_main_wasm(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ backends), each step only after the one before it succeeded:
 1. **resolve** the SPEC (:mod:`enarx.package.spec`; plain http only to loopback hosts or with
    ``--allow-insecure``) into a package tree from untrusted storage: a drawbridge tag (its
    JWS verified first when a signer is required), an OCI artifact, or a ``file://`` directory.
-   The tree commits to every byte; nothing else the storage says is believed.
+   The tree commits to every byte; nothing else the storage says is believed. A ``file://``
+   directory is read once into memory; it is hashed only where that binds something (a
+   plaintext package attested to a steward; see :func:`_local_files`).
 2. the **workload identity** is the package identity: the SHA-384 of the plaintext tree's
    root directory (for an encrypted package the identity its manifest names, checked in 6).
 3. **attest** to the steward for that identity (:func:`enarx.keep.attest.attest_keep`): a
@@ -30,11 +32,13 @@ I/O edge (network, the package directory); no process-global state.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +99,8 @@ class Prepared:
     """A package ready to run: plaintext files (memory only), its Enarx.toml, and what the
     steward gave this Keep."""
 
-    identity: str
+    #: the workload identity; None when nothing attests (computed on demand: :attr:`identity`)
+    known_identity: str | None
     files: Mapping[str, bytes] = field(repr=False)
     config: Any
     attested: Attested | None
@@ -103,6 +108,15 @@ class Prepared:
     #: sealing key of the compiled-module cache (encrypted packages; keep/sealedcache.py)
     cache_key: bytes | None = field(default=None, repr=False)
     released: Released | None = field(default=None, repr=False)
+
+    @cached_property
+    def identity(self) -> str:
+        """The package identity (docs/packages.md), of the very bytes that run."""
+        if self.known_identity is not None:
+            return self.known_identity
+        from enarx.package.tree import identity_of_files
+
+        return identity_of_files(self.files)
 
 
 # --- 1. resolve ------------------------------------------------------------------------------
@@ -132,6 +146,34 @@ def _opened(spec: Spec, req: DeployRequest) -> Iterator[tuple[Source, Tree, Any]
         yield src, resolved.tree, resolved
     finally:
         src.close()
+
+
+def _local_files(spec: Spec, req: DeployRequest) -> dict[str, bytes] | None:
+    """The files of a ``file://`` package directory, read once and not hashed, when hashing
+    them would check nothing; None otherwise (then :func:`_opened` resolves the SPEC).
+
+    A local directory's tree is made from these very bytes and nothing signs it, so its
+    digests bind the bytes only to the identity they give, and that matters only to the
+    attestation: an encrypted package is vouched for by decryption instead (step 6: every
+    chunk's AES-GCM tag binds it to the attested identity and its path, and the recomputed
+    plaintext identity must equal the attested one); a plaintext package without a steward
+    attests nothing (:attr:`Prepared.identity` hashes it on demand). A plaintext package
+    with a steward is hashed for the identity it attests, and a required signer takes the
+    usual path, which refuses an unsigned directory."""
+    from enarx.package import crypt
+
+    if spec.kind != "file" or spec.path is None or req.signer is not None \
+            or not os.path.isdir(spec.path):
+        return None
+    encrypted = os.path.lexists(os.path.join(spec.path, crypt.MANIFEST_NAME))
+    if not encrypted and req.steward is not None:
+        return None
+    from enarx.package.local import load_files
+
+    files = load_files(Path(spec.path), max_file=_MAX_FILE)
+    if encrypted and crypt.MANIFEST_NAME not in files:  # (a link, refused by load_files)
+        raise PackageError("no manifest at the root", path=crypt.MANIFEST_NAME)
+    return files
 
 
 def _load(src: Source, path: str, entry: Entry,
@@ -180,26 +222,43 @@ def prepare(req: DeployRequest, backend: Backend, *,
     spec = check_transport(parse_spec(req.spec, default_host=req.default_host),
                            allow_insecure=req.allow_insecure)
     check_backend(backend, req.allow_insecure)
-    with _opened(spec, req) as (src, tree, resolved):
-        encrypted = crypt.is_encrypted(tree)
+    with ExitStack() as stack:
+        src: Source | None = None
+        resolved: Any = None
+        tree: Tree | None = None
+        # a file:// package read once, unhashed, where its digests would check nothing
+        raw = _local_files(spec, req)
+        if raw is None:
+            src, tree, resolved = stack.enter_context(_opened(spec, req))
+        encrypted = (crypt.MANIFEST_NAME in raw if raw is not None
+                     else tree is not None and crypt.is_encrypted(tree))
         manifest = manifest_raw = None
+        identity: str | None = None
         if encrypted:
             name = crypt.MANIFEST_NAME
-            manifest_raw = _load(src, name, tree.files[name])
+            if raw is not None:
+                manifest_raw = raw[name]
+            else:
+                assert src is not None and tree is not None
+                manifest_raw = _load(src, name, tree.files[name])
             manifest = crypt.read_manifest(manifest_raw)
             identity = manifest.identity  # checked against the decrypted files below
-        else:
+        elif tree is not None:
             tree.check_package()
             identity = tree.identity
+        else:
+            assert raw is not None and req.steward is None
+            _check_plaintext(raw)  # nothing attests: the identity is computed on demand
         clock.lap("resolve")
         attested = None
         if req.steward is not None:
             from enarx.keep.attest import attest_keep
             from enarx.keep.signature import presented_signature
 
-            attested = attest_keep(req.steward, backend, identity,
-                                   signature=presented_signature(src, resolved,
-                                                                 manifest_raw))
+            signature = (presented_signature(src, resolved, manifest_raw)
+                         if src is not None else None)  # file://: no signatures
+            assert identity is not None
+            attested = attest_keep(req.steward, backend, identity, signature=signature)
             print(f"enarx: attested to {req.steward.url}: package {identity}", file=sys.stderr,
                   flush=True)
         elif encrypted:
@@ -215,17 +274,23 @@ def prepare(req: DeployRequest, backend: Backend, *,
                 raise ResourceRefused("package.key", f"the steward resource {manifest.resource} "
                                       f"is not a {crypt.KEY_SIZE}-byte content key")
         clock.lap("key")
-        advance = progress(sum(e.length for e in tree.files.values())) if progress else None
-        # a private drawbridge repo gives file contents only to the attested Keep's
-        # certificate (keep/contents.py); other sources read on through ``src``
-        from enarx.keep.contents import contents_source
+        if raw is not None:
+            if progress is not None:  # read at resolve: report it whole
+                total = sum(len(d) for d in raw.values())
+                progress(total)(total)
+        else:
+            assert src is not None and tree is not None
+            advance = progress(sum(e.length for e in tree.files.values())) if progress else None
+            # a private drawbridge repo gives file contents only to the attested Keep's
+            # certificate (keep/contents.py); other sources read on through ``src``
+            from enarx.keep.contents import contents_source
 
-        reader = contents_source(spec, _options(req), attested, src)
-        try:
-            raw = {p: _load(reader, p, e, advance) for p, e in sorted(tree.files.items())}
-        finally:
-            if reader is not src:
-                reader.close()
+            reader = contents_source(spec, _options(req), attested, src)
+            try:
+                raw = {p: _load(reader, p, e, advance) for p, e in sorted(tree.files.items())}
+            finally:
+                if reader is not src:
+                    reader.close()
         clock.lap("fetch")
     if manifest is not None and key is not None:
         # every chunk authenticated; the recomputed plaintext identity equals the attested one
@@ -244,15 +309,17 @@ def prepare(req: DeployRequest, backend: Backend, *,
 
         released = release_secrets(req.steward, attested, conf.secrets)
     clock.lap("secrets")
-    return Prepared(identity=identity, files=files, config=conf, attested=attested,
+    return Prepared(known_identity=identity, files=files, config=conf, attested=attested,
                     encrypted=encrypted, released=released,
-                    cache_key=_cache_key(key, identity) if key is not None else None)
+                    cache_key=(_cache_key(key, identity)
+                               if key is not None and identity is not None else None))
 
 
 def _check_plaintext(files: Mapping[str, bytes]) -> None:
-    """A decrypted package is a runnable package: ``main.wasm`` at the root and an
-    Enarx.toml of at most MAX_TOML_BYTES (the rules of ``Tree.check_package``, without
-    hashing the files again: decrypt_package just recomputed their identity)."""
+    """The package is runnable: ``main.wasm`` at the root and an Enarx.toml of at most
+    MAX_TOML_BYTES (the rules of ``Tree.check_package``, without hashing the files: after
+    decryption decrypt_package just recomputed their identity; a plaintext ``file://``
+    package without a steward needs none)."""
     from enarx.package.tree import MAX_TOML_BYTES
 
     if "main.wasm" not in files:

@@ -565,14 +565,16 @@ def decrypt_package(files: Mapping[str, bytes | bytearray | memoryview], key: by
     if not isinstance(manifest, Manifest):
         manifest = read_manifest(bytes(manifest))
     plain: dict[str, bytes] = {}
+    entries: dict[str, Entry] = {}
     for path, data in files.items():
         if path == MANIFEST_NAME:
             continue
         plain[path] = decrypt_bytes(data, key, identity=manifest.identity, path=path)
+        # hashed while its bytes are still in the CPU cache
+        entries[path] = hash_bytes(plain[path], media_type(path.rpartition("/")[2]))
     if not plain:
         raise DecryptionError("the encrypted package has no files")
-    tree = Tree.from_files({p: hash_bytes(b, media_type(p.rpartition("/")[2]))
-                            for p, b in plain.items()})
+    tree = Tree.from_files(entries)
     actual = tree.identity
     if not hmac.compare_digest(actual, manifest.identity):
         raise DecryptionError("the decrypted files do not form the package that was attested",

@@ -21,9 +21,18 @@ from pathlib import Path
 
 from enarx.errors import ResourceError
 from enarx.package.errors import PackageError
-from enarx.package.tree import CHUNK, Entry, Tree, hash_file, scan, split_path
+from enarx.package.tree import (
+    CHUNK,
+    Entry,
+    Tree,
+    hash_file,
+    open_regular,
+    scan,
+    split_path,
+    walk_files,
+)
 
-__all__ = ["LocalPackage", "read_package", "write_package"]
+__all__ = ["LocalPackage", "load_files", "read_package", "write_package"]
 
 Reader = Callable[[str, Entry], Iterable[bytes]]
 
@@ -101,6 +110,35 @@ def read_package(path: Path, *, check: bool = True,
         tree.check_package()
     root = os.fspath(path)  # plain strings: 1 500 Path objects cost more than the hashing
     return LocalPackage(tree, {p: os.path.join(root, p) for p in files}, data)
+
+
+def load_files(path: Path, *, max_file: int) -> dict[str, bytes]:
+    """Every file of the package directory ``path`` in memory (package path -> bytes), read
+    once and not hashed, with the checks of :func:`read_package` (names, no links or special
+    files, no empty directories, the file and depth limits).
+
+    Only where hashing would check nothing (the tree of a local directory is made from these
+    same bytes): for a reader that authenticates them by other means, such as an encrypted
+    package, whose every chunk carries an AES-GCM tag and whose plaintext identity is
+    recomputed (:func:`enarx.package.crypt.decrypt_package`), or where nothing attests the
+    package's identity (enarx.keep.deploy). A file that grows while it is read is refused."""
+    out: dict[str, bytes] = {}
+    for name, fs_path in walk_files(Path(path)):
+        f, st = open_regular(fs_path)
+        with f:
+            if st.st_size > max_file:
+                raise PackageError(f"larger than {max_file} bytes", path=name)
+            data = f.read(st.st_size + 1)  # all of it, in one read(2) as a rule
+            while len(data) < st.st_size:  # a short read: on to the end
+                more = f.read(st.st_size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            if len(data) > st.st_size:
+                raise PackageError("changed while it was read", path=name,
+                                   hint="deploy a package directory nothing else writes to")
+        out[name] = data
+    return out
 
 
 def write_package(dest: Path, tree: Tree, read: Reader, *, replace: bool = False,

@@ -21,8 +21,8 @@ Everything here is pure except :meth:`Tree.build` and :func:`hash_file`, which o
 
 from __future__ import annotations
 
-import hashlib
 import hmac
+import io
 import json
 import os
 import re
@@ -41,6 +41,7 @@ from enarx.package.digest import (
     DigestVerifier,
     b64,
     decode_digest,
+    digest_of,
     format_content_digest,
     new_hashers,
     parse_content_digest,
@@ -67,10 +68,12 @@ __all__ = [
     "hash_file",
     "identity_of_files",
     "media_type",
+    "open_regular",
     "package_identity",
     "parse_content_digest",
     "scan",
     "split_path",
+    "walk_files",
 ]
 
 DIRECTORY_TYPE = "application/vnd.drawbridge.directory.v1+json"
@@ -147,31 +150,39 @@ def split_path(path: str) -> list[str]:
 
 def hash_bytes(data: bytes | bytearray | memoryview, media: str) -> Entry:
     """The entry (with :data:`TREE_ALGORITHMS`) of ``data`` typed ``media``."""
-    data = bytes(data)
-    return Entry({a: hashlib.new(ALGORITHMS[a][0], data).digest() for a in TREE_ALGORITHMS},
-                 len(data), media)
+    size = data.nbytes if isinstance(data, memoryview) else len(data)
+    return Entry({a: digest_of(data, a) for a in TREE_ALGORITHMS}, size, media)
 
 
-def hash_file(path: str | os.PathLike[str], media: str, *,
-              progress: Callable[[int], None] | None = None,
-              keep: list[bytes] | None = None, keep_max: int = 0) -> Entry:
-    """Stream the regular file ``path`` into an entry. Refuses symlinks and special files
-    (opened with ``O_NOFOLLOW`` and checked with ``fstat``, so a swap after listing fails).
-
-    With ``keep``, a file of at most ``keep_max`` bytes is also appended to ``keep``: the
-    very bytes that were hashed, so a reader needs neither a second read nor a second hash
-    (and the host cannot change them afterwards)."""
+def open_regular(path: str | os.PathLike[str]) -> tuple[io.FileIO, os.stat_result]:
+    """``path`` opened for reading (unbuffered) if it is a regular file, and its ``fstat``.
+    Refuses symlinks and special files (``O_NOFOLLOW`` and ``fstat`` on the open file, so a
+    swap after listing fails)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise PackageError(f"cannot read {path}: {e.strerror}",
                            hint="package files must be regular files you can read "
                            "(symbolic links are refused)") from None
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PackageError(f"{path} is not a regular file",
-                               hint="a package holds regular files and directories only")
+    f = io.FileIO(fd, "rb", closefd=True)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        f.close()
+        raise PackageError(f"{path} is not a regular file",
+                           hint="a package holds regular files and directories only")
+    return f, st
+
+
+def hash_file(path: str | os.PathLike[str], media: str, *,
+              progress: Callable[[int], None] | None = None,
+              keep: list[bytes] | None = None, keep_max: int = 0) -> Entry:
+    """Stream the regular file ``path`` into an entry (:func:`open_regular`'s checks).
+
+    With ``keep``, a file of at most ``keep_max`` bytes is also appended to ``keep``: the
+    very bytes that were hashed, so a reader needs neither a second read nor a second hash
+    (and the host cannot change them afterwards)."""
+    f, st = open_regular(path)
+    with f:
         hashers = new_hashers(TREE_ALGORITHMS)
         length = 0
         parts: list[bytes] | None = [] if keep is not None else None
@@ -190,7 +201,7 @@ def hash_file(path: str | os.PathLike[str], media: str, *,
             if progress is not None:
                 progress(len(chunk))
     if keep is not None and parts is not None:
-        keep.append(b"".join(parts))
+        keep.append(parts[0] if len(parts) == 1 else b"".join(parts))
     return Entry({a: h.digest() for a, h in hashers.items()}, length, media)
 
 
@@ -498,22 +509,21 @@ def _verify_bytes(raw: bytes, entry: Entry, path: str) -> None:
         raise PackageError("expected a directory entry", path=path or None)
 
 
-def scan(root: Path, *, progress: Callable[[int], None] | None = None,
-         keep: dict[str, bytes] | None = None, keep_max: int = 0
-         ) -> Iterator[tuple[str, Entry]]:
-    """(path, entry) of every file under the directory ``root``, hashed as it goes. With
-    ``keep``, the bytes hashed are kept there too (path -> bytes) while their total stays
-    within ``keep_max`` (:func:`hash_file`)."""
+def walk_files(root: Path) -> Iterator[tuple[str, str]]:
+    """(package path, file system path) of every file under the directory ``root``, names
+    sorted, checked as a package allows: valid names, no two differing only in case, no
+    symbolic links or special files, no empty directories, at most :data:`MAX_FILES` files and :data:`MAX_DEPTH` levels.
+    The files are not opened (:func:`open_regular` checks each again when it is read)."""
     try:
         st = os.stat(root)
     except OSError as e:
         raise PackageError(f"cannot read the package directory {root}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise PackageError(f"{root} is not a directory")
-    count = kept_total = 0
+    count = 0
 
-    def rec(directory: Path, prefix: str, depth: int) -> Iterator[tuple[str, Entry]]:
-        nonlocal count, kept_total
+    def rec(directory: str, prefix: str, depth: int) -> Iterator[tuple[str, str]]:
+        nonlocal count
         if depth > MAX_DEPTH:
             raise PackageError(f"nested deeper than {MAX_DEPTH} directories", path=prefix)
         try:
@@ -525,29 +535,42 @@ def scan(root: Path, *, progress: Callable[[int], None] | None = None,
             raise PackageError("empty directory", path=prefix,
                                hint="remove it: drawbridge trees have no empty directories")
         for d in items:
-            path = f"{prefix}/{d.name}" if prefix else d.name
             check_name(d.name, where=prefix or None)
+        _check_folding((d.name for d in items), prefix or None)
+        for d in items:
+            path = f"{prefix}/{d.name}" if prefix else d.name
             if d.is_symlink():
                 raise PackageError("is a symbolic link", path=path,
                                    hint="copy the target into the package instead")
             if d.is_dir(follow_symlinks=False):
-                yield from rec(Path(d.path), path, depth + 1)
+                yield from rec(d.path, path, depth + 1)
             elif d.is_file(follow_symlinks=False):
                 count += 1
                 if count > MAX_FILES:
                     raise PackageError(f"more than {MAX_FILES} files")
-                kept: list[bytes] | None = [] if keep is not None else None
-                entry = hash_file(d.path, media_type(d.name), progress=progress,
-                                  keep=kept, keep_max=keep_max - kept_total)
-                if keep is not None and kept:
-                    keep[path] = kept[0]
-                    kept_total += entry.length
-                yield path, entry
+                yield path, d.path
             else:
                 raise PackageError("is not a regular file or directory", path=path,
                                    hint="a package holds regular files and directories only")
 
-    yield from rec(root, "", 0)
+    yield from rec(os.fspath(root), "", 0)
+
+
+def scan(root: Path, *, progress: Callable[[int], None] | None = None,
+         keep: dict[str, bytes] | None = None, keep_max: int = 0
+         ) -> Iterator[tuple[str, Entry]]:
+    """(path, entry) of every file under the directory ``root`` (:func:`walk_files`), hashed
+    as it goes. With ``keep``, the bytes hashed are kept there too (path -> bytes) while
+    their total stays within ``keep_max`` (:func:`hash_file`)."""
+    kept_total = 0
+    for path, fs_path in walk_files(root):
+        kept: list[bytes] | None = [] if keep is not None else None
+        entry = hash_file(fs_path, media_type(path.rpartition("/")[2]), progress=progress,
+                          keep=kept, keep_max=keep_max - kept_total)
+        if keep is not None and kept:
+            keep[path] = kept[0]
+            kept_total += entry.length
+        yield path, entry
 
 
 def package_identity(tree: Tree | Entry) -> str:
