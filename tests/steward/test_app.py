@@ -465,6 +465,22 @@ def test_database_outage_is_503_not_500(env: Env) -> None:
     assert "hint" in body
 
 
+def test_a_challenge_that_did_not_reach_the_disk_is_not_handed_out(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    # /auth runs on the event loop and its answer waits for the fsync of what it wrote:
+    # when that fsync fails the Keep gets a 503, never a nonce the database may lose.
+    import enarx.steward.store.sqlite as sqlite_store
+
+    def broken(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_store, "_fsync", broken)
+    r = env.client.post("/kbs/v0/auth", json={"version": "0.4.0", "tee": "snp"})
+    body = _error(r, 503, "StoreUnavailable")
+    assert "kbs-session-id" not in r.headers.get("set-cookie", "")
+    assert "disk" in body["detail"]
+
+
 def test_debug_guest_needs_allow_debug(make_env: Any, sim: SimBackend, ark: Path,
                                        tmp_path_factory: pytest.TempPathFactory) -> None:
     from enarx.platform.sim import DEFAULT_POLICY

@@ -357,3 +357,25 @@ def test_jwe_by_hand_ecdh_es_a256kw_with_empty_apu_apv(p256: Any) -> None:
     plain = AESGCM(cek).decrypt(b(jwe["iv"]), b(jwe["ciphertext"]) + b(jwe["tag"]),
                                 jwe["protected"].encode("ascii"))
     assert plain == b"ecdh by hand"
+
+
+def test_the_keep_side_of_the_protocol_loads_without_the_steward_models() -> None:
+    # A Keep binds its runtime data and opens released resources before its workload starts:
+    # that must not pay for building the steward's pydantic request models.
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from enarx.steward.binding import decrypt_resource, expected_report_data\n"
+            "rd = {'nonce': 'n', 'tee-pubkey': {'kty': 'EC'}}\n"
+            "assert len(expected_report_data(rd)) == 64\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('pydantic', "
+            "'enarx.steward.kbs'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    rd = {"nonce": "n", "tee-pubkey": {"kty": "EC", "crv": "P-256"}, "workload": None}
+    from enarx.steward import binding
+
+    assert binding.expected_report_data(rd, "x") == kbs.expected_report_data(rd, "x")

@@ -66,8 +66,8 @@ def store(opener: Callable[[], Store]) -> Store:
 
 def _attested_session(store: Store, sid: str = "s1") -> None:
     store.create_session(sid, "nonce-" + sid, "snp", NOW + 300)
-    assert store.redeem_nonce(sid, "nonce-" + sid, NOW) is not None
-    assert store.set_attested(sid, "ear.jwt", '{"kty":"EC"}', "sha384:aa", "sha384:ev", NOW + 3600)
+    assert store.attest_session(sid, NOW, "ear.jwt", '{"kty":"EC"}', "sha384:aa", "sha384:ev",
+                                NOW + 3600)
 
 
 # --- schema migrations ---------------------------------------------------------------------
@@ -97,9 +97,9 @@ def test_open_upgrades_a_version_1_database_in_place(
     _sql(db_url, "DELETE FROM schema_version WHERE version > 1")
     upgraded = opener()
     assert upgraded.schema_version() == LATEST_VERSION
-    old = upgraded.redeem_nonce("old", "n1", NOW)  # the old row survived the migration
-    assert old is not None and old.evidence is None
-    assert upgraded.set_attested("old", "t", "{}", None, "d", NOW + 60, evidence=b"cmw")
+    old = upgraded.get_session("old")  # the old row survived the migration
+    assert old is not None and old.nonce == "n1" and old.evidence is None
+    assert upgraded.attest_session("old", NOW, "t", "{}", None, "d", NOW + 60, evidence=b"cmw")
     got = upgraded.get_session("old")
     assert got is not None and got.evidence == b"cmw"
 
@@ -240,16 +240,15 @@ def test_concurrent_redemption_from_processes_succeeds_once(
     assert sorted(outcomes) == ["lost", "lost", "lost", "won"]
 
 
-def test_set_attested_needs_a_redeemed_session_and_happens_once(store: Store) -> None:
+def test_attest_session_records_every_field_and_happens_once(store: Store) -> None:
     store.create_session("s1", "n1", "snp", NOW + 60)
-    assert not store.set_attested("s1", "t", "{}", None, "d", NOW + 3600)  # not redeemed yet
-    assert not store.set_attested("other", "t", "{}", None, "d", NOW + 3600)
-    store.redeem_nonce("s1", "n1", NOW)
+    assert not store.attest_session("other", NOW, "t", "{}", None, "d", NOW + 3600)
     cmw = b"\x83\x00cmw bytes\xff"
-    assert store.set_attested(
-        "s1", "tok", '{"kty":"EC"}', "sha384:ab", "sha384:cd", NOW + 3600, evidence=cmw
+    assert store.attest_session(
+        "s1", NOW, "tok", '{"kty":"EC"}', "sha384:ab", "sha384:cd", NOW + 3600, evidence=cmw
     )
-    assert not store.set_attested("s1", "tok2", "{}", None, "d", NOW + 3600, evidence=b"other")
+    assert not store.attest_session("s1", NOW, "tok2", "{}", None, "d", NOW + 3600,
+                                    evidence=b"other")
     s = store.get_session("s1")
     assert s is not None and s.attested
     assert (s.token, s.tee_pubkey, s.workload, s.evidence_digest, s.attested_expires_at) == (
@@ -415,7 +414,7 @@ def test_closed_store_refuses_use(opener: Callable[[], Store]) -> None:
 def test_arbitrary_client_text_never_breaks_the_store(store: Store, key: str) -> None:
     assert store.get_session(key) is None
     assert store.redeem_nonce(key, key, NOW) is None
-    assert store.set_attested(key, "t", "{}", None, "d", NOW) is False
+    assert store.attest_session(key, NOW, "t", "{}", None, "d", NOW) is False
     assert store.get_resource(key) is None
     assert store.delete_resource(key) is False
     sid = os.urandom(8).hex()
@@ -742,3 +741,201 @@ def test_sqlite_group_commit_acknowledges_only_durable_writes(tmp_path: Path) ->
         assert all(reopened.get_session(f"s{i}") is not None for i in range(1, n))
     finally:
         reopened.close()
+
+
+def _trace_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every SQL statement the stores opened after this call send (BEGIN/COMMIT included)."""
+    sent: list[str] = []
+    sqlite_connect = SqliteStore._connect
+
+    def traced(self: SqliteStore) -> sqlite3.Connection:
+        conn = sqlite_connect(self)
+        conn.set_trace_callback(sent.append)
+        return conn
+
+    monkeypatch.setattr(SqliteStore, "_connect", traced)
+    pg_execute, pg_begin = PostgresStore._execute, PostgresStore._begin
+
+    def execute(self: PostgresStore, conn: psycopg.Connection[object], sql: str,
+                params: object) -> object:
+        sent.append(sql)
+        return pg_execute(self, conn, sql, params)  # type: ignore[arg-type]
+
+    def begin(self: PostgresStore, conn: psycopg.Connection[object], write: bool,
+              single: bool) -> bool:
+        began = pg_begin(self, conn, write, single)  # type: ignore[arg-type]
+        if began:
+            sent.append("BEGIN")
+        return began
+
+    monkeypatch.setattr(PostgresStore, "_execute", execute)
+    monkeypatch.setattr(PostgresStore, "_begin", begin)
+    return sent
+
+
+def test_one_round_trip_sends_one_statement_per_step(
+    opener: Callable[[], Store], db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # auth -> attest (read, write) -> certificate (read, write): every step is one statement
+    # (plus the commit a write needs), so a round trip costs few database round trips.
+    sent = _trace_statements(monkeypatch)
+    store = opener()
+    sent.clear()
+
+    def step(fn: Callable[[], object]) -> list[str]:
+        start = len(sent)
+        fn()
+        return [s.split()[0].upper() for s in sent[start:]]
+
+    writes = {"INSERT", "UPDATE", "WITH"}
+    created = step(lambda: store.create_session("s1", "n1", "snp", NOW + 60))
+    read = step(lambda: store.get_session("s1"))
+    attested = step(lambda: store.attest_session("s1", NOW, "t", "{}", None, "d", NOW + 600))
+    read_again = step(lambda: store.get_session("s1"))
+    recorded = step(lambda: store.record_issuance("ab", NOW, "d", None, "a", "p", "sim", "kbs",
+                                                  session_id="s1"))
+    assert read == read_again == ["SELECT"]  # no BEGIN/COMMIT around one read
+    for got in (created, attested):
+        assert "SAVEPOINT" not in got and sum(s in writes for s in got) == 1, got
+    if db_url.startswith("postgresql"):
+        assert (created, attested) == (["INSERT"], ["UPDATE"])
+        assert recorded == ["WITH"]  # claim + record in one statement
+    else:
+        assert [s for s in recorded if s in writes] == ["UPDATE", "INSERT"]
+    assert store.list_issuances()[0].session_id == "s1"
+
+
+@pytest.fixture
+def gated_fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, list[Path]]]:
+    """SQLite's fsyncs, held while the event is clear (it starts set; the paths synced are
+    listed)."""
+    import enarx.steward.store.sqlite as sqlite_store
+
+    gate = threading.Event()
+    gate.set()
+    synced: list[Path] = []
+    real = sqlite_store._fsync
+
+    def held(path: Path) -> None:
+        gate.wait(30)
+        real(path)
+        synced.append(path)
+
+    monkeypatch.setattr(sqlite_store, "_fsync", held)
+    yield gate, synced
+    gate.set()
+
+
+def test_a_sqlite_write_returns_only_after_its_wal_fsync(
+    tmp_path: Path, gated_fsync: tuple[threading.Event, list[Path]]
+) -> None:
+    gate, synced = gated_fsync
+    store = SqliteStore(tmp_path / "s.db")
+    gate.clear()
+    try:
+        writer = threading.Thread(
+            target=store.create_session, args=("s1", "n1", "snp", NOW + 60))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive()  # committed, visible, but not answered before the fsync
+        assert store.get_session("s1") is not None
+        gate.set()
+        writer.join(30)
+        assert not writer.is_alive()
+        assert tmp_path / "s.db-wal" in synced
+    finally:
+        gate.set()
+        store.close()
+
+
+def test_deferred_sqlite_writes_are_awaited_until_on_disk(
+    tmp_path: Path, gated_fsync: tuple[threading.Event, list[Path]]
+) -> None:
+    import asyncio
+
+    gate, synced = gated_fsync
+    store = SqliteStore(tmp_path / "d.db")
+    gate.clear()
+    synced.clear()
+    try:
+        with store.deferred() as batches:
+            store.create_session("s1", "n1", "snp", NOW + 60)  # returns without the fsync
+            assert store.attest_session("s1", NOW, "t", "{}", None, "d", NOW + 600)
+        assert batches and not synced
+
+        async def wait(timeout: float) -> None:
+            await asyncio.wait_for(store.durable(max(batches)), timeout)
+
+        with pytest.raises(TimeoutError):
+            asyncio.run(wait(0.3))  # not durable while the fsync is held
+        gate.set()
+        asyncio.run(wait(30))
+        assert tmp_path / "d.db-wal" in synced
+    finally:
+        gate.set()
+        store.close()
+
+
+def test_a_failed_fsync_fails_the_deferred_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import enarx.steward.store.sqlite as sqlite_store
+
+    store = SqliteStore(tmp_path / "f.db")
+
+    def broken(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_store, "_fsync", broken)
+    try:
+        with store.deferred() as batches:
+            store.create_session("s1", "n1", "snp", NOW + 60)
+        with pytest.raises(StoreError, match="may not have reached the disk"):
+            asyncio.run(store.durable(max(batches)))
+        with pytest.raises(StoreError, match="may not have reached the disk"):
+            store.create_session("s2", "n2", "snp", NOW + 60)  # the threaded path too
+    finally:
+        store.close()
+
+
+def test_a_failed_fsync_fails_every_batch_it_covered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches committed while an fsync runs are synced by the next one together; when that
+    one fails, each of them fails (none waits forever)."""
+    import asyncio
+    import threading
+
+    import enarx.steward.store.sqlite as sqlite_store
+
+    store = SqliteStore(tmp_path / "f.db")
+    gate, calls = threading.Event(), []
+
+    def fsync(path: Path) -> None:
+        calls.append(path)
+        if len(calls) == 1:
+            gate.wait(10)  # the first fsync (batch 1) holds on while two more batches commit
+            return
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(sqlite_store, "_fsync", fsync)
+    try:
+        with store.deferred() as first:
+            store.create_session("s1", "n1", "snp", NOW + 60)
+        with store.deferred() as second:
+            store.create_session("s2", "n2", "snp", NOW + 60)
+        with store.deferred() as third:
+            store.create_session("s3", "n3", "snp", NOW + 60)
+        gate.set()
+
+        async def wait(batch: int) -> None:
+            await asyncio.wait_for(store.durable(batch), 10)
+
+        asyncio.run(wait(max(first)))
+        for batches in (second, third):
+            with pytest.raises(StoreError, match="may not have reached the disk"):
+                asyncio.run(wait(max(batches)))
+    finally:
+        store.close()

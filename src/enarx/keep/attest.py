@@ -189,7 +189,7 @@ def attest_keep(
     """Run the whole exchange; raises :class:`AttestationRefused` (exit 4) on a refusal.
     ``signature``: a signed package's ``package-signature`` runtime-data member
     (``steward/signers.py``), bound into the evidence with the rest."""
-    from enarx.steward.kbs import expected_report_data
+    from enarx.steward.binding import expected_report_data
 
     key = ec.generate_private_key(ec.SECP256R1())
     jwk = tee_pubkey_jwk(key)

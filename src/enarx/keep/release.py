@@ -4,7 +4,7 @@ and the keys of encrypted directories (``encryption_key``, docs/encrypted-dirs.m
 After :func:`enarx.keep.attest.attest_keep` succeeded, the Keep asks the steward for each
 resource with ``GET /kbs/v0/resource/<repo>/<type>/<tag>`` and ``Authorization: Bearer <EAR
 token>``; the answer is a flattened JWE encrypted to the Keep's one-time key, decrypted here
-(``enarx.steward.kbs.decrypt_resource``) and kept in memory only. A JWE recorded from an
+(``enarx.steward.binding.decrypt_resource``) and kept in memory only. A JWE recorded from an
 earlier run, or forged by the host, was not encrypted to this run's one-time key and does not
 decrypt: refused (exit 4). Nothing here logs a value.
 
@@ -115,7 +115,7 @@ def _get(target: StewardTarget, path: str, token: str, timeout: float,
 def open_resource(body: bytes, attested: Attested, path: str) -> bytes:
     """The plaintext of the JWE ``body`` the steward sent for ``path``; a JWE that is not
     for this run's one-time key (recorded from another run, or forged) is refused."""
-    from enarx.steward.kbs import decrypt_resource
+    from enarx.steward.binding import decrypt_resource
 
     try:
         jwe = json.loads(body)

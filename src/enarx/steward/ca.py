@@ -287,6 +287,12 @@ class StewardCA:
         return key_pem, cert.public_bytes(serialization.Encoding.PEM) + self.cert_pem
 
     def _aki(self) -> x509.AuthorityKeyIdentifier:
+        cached: x509.AuthorityKeyIdentifier | None = self.__dict__.get("_aki_cache")
+        if cached is None:
+            cached = self.__dict__["_aki_cache"] = self._compute_aki()
+        return cached
+
+    def _compute_aki(self) -> x509.AuthorityKeyIdentifier:
         try:
             ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
             return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

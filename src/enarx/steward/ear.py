@@ -18,8 +18,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
@@ -181,6 +182,10 @@ class EarSigner:
         self._private = private_key
         self.alg = alg
         self.kid = kid or jwk.thumbprint()
+        # The JWS header never changes: encoded once, as joserfc would ({typ, alg, kid}).
+        self._header = _b64u(_compact({"typ": "JWT", "alg": alg, "kid": self.kid}))
+        self._hash = ec.ECDSA(hashes.SHA256() if alg == "ES256" else hashes.SHA384())
+        self._size = (private_key.curve.key_size + 7) // 8
 
     @classmethod
     def generate(cls, alg: str = "ES256") -> EarSigner:
@@ -214,8 +219,20 @@ class EarSigner:
 
     def sign(self, claims: Mapping[str, Any]) -> str:
         """A compact JWT with header ``{alg, kid, typ: "JWT"}``."""
-        header = {"alg": self.alg, "kid": self.kid, "typ": "JWT"}
-        return jwt.encode(header, dict(claims), self._key, algorithms=[self.alg])
+        # RFC 7515 compact serialisation (the bytes joserfc's jwt.encode makes, without its
+        # per-call key and registry work): header.payload signed, signature r || s.
+        signing_input = self._header + b"." + _b64u(_compact(dict(claims)))
+        r, s = decode_dss_signature(self._private.sign(signing_input, self._hash))
+        sig = r.to_bytes(self._size, "big") + s.to_bytes(self._size, "big")
+        return (signing_input + b"." + _b64u(sig)).decode("ascii")
+
+
+def _compact(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _b64u(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 # --- verification ---------------------------------------------------------------------------

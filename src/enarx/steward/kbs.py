@@ -12,7 +12,7 @@ Pure: models, parsers and the two cryptographic rules of the protocol; the HTTP 
     "tee-pubkey": JWK, "workload"?}, "tee-evidence": {"primary_evidence": ...,
     "additional_evidence": "<JSON string>"}}``.
 
-Runtime-data binding (``expected_report_data``): the JSON object
+Runtime-data binding (``expected_report_data``, in ``steward/binding.py``): the JSON object
 ``{"tee-pubkey": JWK, "nonce": nonce, "additional-evidence": <string, "" if none>}`` (plus
 ``"workload": "sha384:<hex>"`` when the Keep binds its workload, and ``"package-signature"``
 when it presents a signed package's signature, ``steward/signers.py``) serialised with RFC 8785
@@ -34,18 +34,23 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import re
 import secrets
 from typing import Any, Literal
 
-import rfc8785
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from enarx.errors import ProtocolError
+from enarx.steward.binding import (
+    JWE_MEMBERS,
+    decrypt_resource,
+    expected_report_data,
+    report_data_for,
+    runtime_data_jcs,
+)
 
 __all__ = [
     "JWE_MEMBERS",
@@ -76,9 +81,7 @@ TEES = frozenset({
     "snp", "tdx", "sgx", "az-snp-vtpm", "az-tdx-vtpm", "cca", "csv", "se", "tpm", "nvidia",
     "hygondcu", "sample", "sampledevice",
 })
-JWE_MEMBERS = ("protected", "encrypted_key", "iv", "ciphertext", "tag")
 NONCE_BYTES = 32
-REPORT_DATA_SIZE = 64
 _WORKLOAD_RE = re.compile(r"^sha384:[0-9a-f]{96}$")
 _EC_ALGS = {"P-256": "ECDH-ES+A256KW", "P-521": "ECDH-ES+A256KW"}
 _RSA_ALG = "RSA-OAEP-256"
@@ -254,43 +257,6 @@ def _b64url(value: str) -> bytes:
         raise _bad("tee-pubkey members must be base64url") from None
 
 
-def runtime_data_jcs(
-    runtime_data: RuntimeData | dict[str, Any], additional_evidence: str = ""
-) -> bytes:
-    """The exact RFC 8785 bytes whose SHA-384 is REPORT_DATA (see the module docstring);
-    certificates carry them (CMW runtime data) so anyone can recompute the binding."""
-    if isinstance(runtime_data, RuntimeData):
-        # The JWK exactly as received (to_json would drop null members inside it).
-        rd: dict[str, Any] = {"tee-pubkey": runtime_data.tee_pubkey,
-                              "nonce": runtime_data.nonce, "workload": runtime_data.workload,
-                              "package-signature": runtime_data.package_signature}
-    else:
-        rd = dict(runtime_data)
-    obj: dict[str, Any] = {
-        "tee-pubkey": rd["tee-pubkey"],
-        "nonce": rd["nonce"],
-        "additional-evidence": additional_evidence,
-    }
-    if rd.get("workload") is not None:
-        obj["workload"] = rd["workload"]
-    if rd.get("package-signature") is not None:
-        obj["package-signature"] = rd["package-signature"]
-    out: bytes = rfc8785.dumps(obj)
-    return out
-
-
-def report_data_for(jcs: bytes) -> bytes:
-    """SHA-384 of the JCS bytes, zero-padded to the 64 bytes of REPORT_DATA."""
-    return hashlib.sha384(jcs).digest().ljust(REPORT_DATA_SIZE, b"\0")
-
-
-def expected_report_data(
-    runtime_data: RuntimeData | dict[str, Any], additional_evidence: str = ""
-) -> bytes:
-    """The 64 REPORT_DATA bytes that bind ``runtime_data`` (see the module docstring)."""
-    return report_data_for(runtime_data_jcs(runtime_data, additional_evidence))
-
-
 class SnpEvidence(_Model):
     report: bytes
     cert_chain: tuple[bytes, ...] = ()
@@ -347,51 +313,6 @@ def encrypt_resource(data: bytes, tee_pubkey_jwk: dict[str, Any]) -> dict[str, s
     compact = jwe.encrypt_compact({"alg": alg, "enc": "A256GCM"}, data, key,
                                   algorithms=[alg, "A256GCM"])
     return dict(zip(JWE_MEMBERS, compact.split("."), strict=True))
-
-
-def decrypt_resource(jwe_obj: Any, private_key: Any) -> bytes:
-    """Decrypt a resource JWE with the Keep's private key (a ``cryptography`` private key or
-    a joserfc key). ``ProtocolError`` (JWEFailed) for anything malformed or not for us."""
-    from joserfc import jwe
-    from joserfc.errors import JoseError
-    from joserfc.jwk import ECKey, RSAKey
-
-    if not isinstance(jwe_obj, dict) or set(jwe_obj) != set(JWE_MEMBERS):
-        raise _bad(f"JWE must be a flattened JSON object with exactly {list(JWE_MEMBERS)}",
-                   kind="JWEFailed", hint=None)
-    parts = [jwe_obj[m] for m in JWE_MEMBERS]
-    if not all(isinstance(p, str) and p.isascii() and "." not in p for p in parts):
-        raise _bad("JWE members must be base64url strings", kind="JWEFailed", hint=None)
-    if isinstance(private_key, ECKey | RSAKey):
-        key = private_key
-    else:
-        from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
-        if isinstance(private_key, ec.EllipticCurvePrivateKey):
-            key = ECKey.import_key(private_key)
-        elif isinstance(private_key, rsa.RSAPrivateKey):
-            key = RSAKey.import_key(private_key)
-        else:
-            raise TypeError("private_key must be an EC or RSA private key")
-    try:
-        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
-    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise _bad("JWE protected header is not base64url JSON", kind="JWEFailed",
-                   hint=None) from None
-    if not isinstance(header, dict) or header.get("enc") != "A256GCM" or header.get("alg") not in (
-        "ECDH-ES+A256KW", _RSA_ALG
-    ):
-        raise _bad("JWE header must use enc A256GCM with ECDH-ES+A256KW or RSA-OAEP-256",
-                   kind="JWEFailed", hint=None)
-    try:
-        out = jwe.decrypt_compact(".".join(parts), key,
-                                  algorithms=[header["alg"], "A256GCM"])
-    except (JoseError, ValueError, TypeError, KeyError) as e:
-        raise _bad(f"JWE does not decrypt: {type(e).__name__}", kind="JWEFailed",
-                   hint=None) from None
-    if out.plaintext is None:
-        raise _bad("JWE has no plaintext", kind="JWEFailed", hint=None)
-    return out.plaintext
 
 
 # --- JWK → SubjectPublicKeyInfo (the CSR must be for the attested key) ---------------------

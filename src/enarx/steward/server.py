@@ -308,7 +308,7 @@ def serve(
             app = make_app(policy_path, loaded, secure_cookies=not insecure_http,
                            collateral=collateral, sgx_qe_identity=sgx_qe_identity)
             config = uvicorn.Config(app, log_level="warning", access_log=False,
-                                    server_header=False, lifespan="off",
+                                    server_header=False, lifespan="off", proxy_headers=False,
                                     timeout_graceful_shutdown=5, **ssl)
             # Only the first worker announces the URL (the socket is shared).
             server_class()(config, url if index == 0 else "", log).run(sockets=[sock])

@@ -82,20 +82,6 @@ class Store(Protocol):
         calls, across threads, processes and replicas, at most one gets the session."""
         ...
 
-    def set_attested(
-        self,
-        session_id: str,
-        token: str,
-        tee_pubkey_json: str,
-        workload: str | None,
-        evidence_digest: str,
-        expires_at: Time,
-        evidence: bytes = b"",
-    ) -> bool:
-        """Record the attestation result on a redeemed, not yet attested session (``False``
-        and nothing written otherwise). ``evidence``: the CMW bytes for its certificate."""
-        ...
-
     def attest_session(
         self,
         session_id: str,

@@ -301,19 +301,6 @@ class SqlStore(ABC):
                 return None
             return _session(rows[0])
 
-    def set_attested(
-        self,
-        session_id: str,
-        token: str,
-        tee_pubkey_json: str,
-        workload: str | None,
-        evidence_digest: str,
-        expires_at: Time,
-        evidence: bytes = b"",
-    ) -> bool:
-        return self._attest(session_id, "used = 1", (), token, tee_pubkey_json, workload,
-                            evidence_digest, expires_at, evidence)
-
     def attest_session(
         self,
         session_id: str,
@@ -325,30 +312,15 @@ class SqlStore(ABC):
         expires_at: Time,
         evidence: bytes = b"",
     ) -> bool:
-        return self._attest(session_id, "used = 0 AND expires_at > ?", (to_epoch(now),), token,
-                            tee_pubkey_json, workload, evidence_digest, expires_at, evidence)
-
-    def _attest(
-        self,
-        session_id: str,
-        guard: str,
-        guard_args: tuple[object, ...],
-        token: str,
-        tee_pubkey_json: str,
-        workload: str | None,
-        evidence_digest: str,
-        expires_at: Time,
-        evidence: bytes,
-    ) -> bool:
-        """Record the attestation on a session without a token that passes ``guard`` (a fixed
-        SQL condition, never user input), marking it redeemed; False when none does."""
+        """Redeem the session's nonce and record its attestation in one statement: only a
+        session that exists, is unused, has not expired at ``now`` and has no token yet."""
         if not _storable(session_id):
             return False
         with self._tx(single=True) as tx:
             rows = tx(
                 "UPDATE sessions SET used = 1, token = ?, tee_pubkey = ?, workload = ?, "
                 "evidence_digest = ?, attested_expires_at = ?, evidence = ? "
-                f"WHERE id = ? AND {guard} AND token IS NULL RETURNING id",
+                "WHERE id = ? AND used = 0 AND expires_at > ? AND token IS NULL RETURNING id",
                 _text("token", token),
                 _text("tee-pubkey", tee_pubkey_json),
                 _opt_text("workload", workload),
@@ -356,14 +328,14 @@ class SqlStore(ABC):
                 to_epoch(expires_at),
                 bytes(evidence),
                 session_id,
-                *guard_args,
+                to_epoch(now),
             )
             return bool(rows)
 
     def get_session(self, id: str) -> Session | None:
         if not _storable(id):
             return None
-        with self._tx(write=False) as tx:
+        with self._tx(write=False, single=True) as tx:
             rows = tx(f"SELECT {_SESSION_COLS} FROM sessions WHERE id = ?", id)
         return _session(rows[0]) if rows else None
 
@@ -407,6 +379,17 @@ class SqlStore(ABC):
             session_id,
         )
         try:
+            if session_id is not None and self.dialect == "postgresql":
+                # One statement (one round trip, atomic): claim the session's one certificate
+                # and record it; nothing is inserted when the claim matches no row.
+                with self._tx(single=True) as tx:
+                    return bool(tx(
+                        "WITH claimed AS (UPDATE sessions SET issued_serial = ? WHERE id = ? "
+                        "AND token IS NOT NULL AND issued_serial IS NULL RETURNING id) "
+                        f"INSERT INTO issuances ({_ISSUANCE_COLS}) "
+                        "SELECT ?, ?, ?, ?, ?, ?, ?, ?, id FROM claimed RETURNING serial",
+                        serial_hex, session_id, *values[:-1],
+                    ))
             with self._tx() as tx:
                 if session_id is not None:
                     claimed = tx(
@@ -454,7 +437,7 @@ class SqlStore(ABC):
     def get_resource(self, path: str) -> bytes | None:
         if not _storable(path):
             return None
-        with self._tx(write=False) as tx:
+        with self._tx(write=False, single=True) as tx:
             rows = tx("SELECT data FROM resources WHERE path = ?", path)
         return bytes(rows[0][0]) if rows else None
 
