@@ -911,11 +911,14 @@ def test_a_failed_fsync_fails_every_batch_it_covered(
     import enarx.steward.store.sqlite as sqlite_store
 
     store = SqliteStore(tmp_path / "f.db")
-    gate, calls = threading.Event(), []
+    entered, gate, calls = threading.Event(), threading.Event(), []
 
     def fsync(path: Path) -> None:
+        if not str(path).endswith("-wal"):
+            return  # the directory's fsync is not what this is about
         calls.append(path)
         if len(calls) == 1:
+            entered.set()
             gate.wait(10)  # the first fsync (batch 1) holds on while two more batches commit
             return
         raise OSError(5, "Input/output error")
@@ -924,6 +927,7 @@ def test_a_failed_fsync_fails_every_batch_it_covered(
     try:
         with store.deferred() as first:
             store.create_session("s1", "n1", "snp", NOW + 60)
+        assert entered.wait(10)  # batch 1's fsync has begun: later batches wait for the next
         with store.deferred() as second:
             store.create_session("s2", "n2", "snp", NOW + 60)
         with store.deferred() as third:
